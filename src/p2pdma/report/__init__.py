@@ -1,0 +1,1 @@
+"""The faces of p2pdma: terminal text and JSON documents."""
