@@ -145,10 +145,8 @@ def matrix_document(topo: Topology, profile: str, include_bridges: bool = False)
     """The ``p2pdma.matrix/1`` document for a machine."""
     mat = compute_matrix(topo, profile, include_bridges=include_bridges, progress=_progress)
     devs = [topo[b] for b in mat.bdfs]
-    pairs = []
-    for i, p in enumerate(mat.bdfs):
-        for j, c in enumerate(mat.bdfs):
-            pairs.append(mat.verdict(i, j).to_json())
+    n = len(mat.bdfs)
+    pairs = [mat.verdict(i, j).to_json() for i in range(n) for j in range(n)]
     return {
         "schema": MATRIX_SCHEMA,
         "kernel": profile,

@@ -19,7 +19,7 @@ from p2pdma.p2p import platform
 from p2pdma.p2p.acs import EGRESS_PORT_TYPES
 from p2pdma.p2p.decide import DEFAULT_PROFILE, KERNEL_PROFILES, MapType, Verdict, calc_map_type_and_dist
 from p2pdma.pci import config as cfg
-from p2pdma.pci.topology import Topology
+from p2pdma.pci.topology import Device, Topology
 
 IntArr = npt.NDArray[np.int64]
 BoolArr = npt.NDArray[np.bool_]
@@ -164,7 +164,7 @@ def compute_matrix(
 
     def targeted_bad(x: IntArr, y: IntArr) -> BoolArr:
         """Non-direct state of port x for a request whose target is port y (both valid indices)."""
-        res = bad[x].copy()
+        res: BoolArr = bad[x].copy()
         use = ec_on[x]
         if not use.any():
             return res
@@ -180,18 +180,18 @@ def compute_matrix(
     nhb = len(topo.host_bridges)
     allowed = np.zeros((nhb, nhb), dtype=bool)
     cpu_ok = platform.cpu_supports_p2pdma(topo)
-    rep = {}
-    for d in devs:
-        rep.setdefault(d.host_bridge, d)
+    rep: dict[str, Device] = {}
+    for dv in devs:
+        rep.setdefault(dv.host_bridge, dv)
     for pa, ha in enumerate(topo.host_bridges):
         for pb, hb in enumerate(topo.host_bridges):
             if ha.name not in rep or hb.name not in rep:
                 continue
-            a, b = rep[ha.name], rep[hb.name]
+            da, db = rep[ha.name], rep[hb.name]
             allowed[pa, pb] = (
                 cpu_ok
-                or platform.host_bridge_whitelist(topo, a, b)
-                or (profile == "latest" and platform.hmat_path(topo, a, b) is not None)
+                or platform.host_bridge_whitelist(topo, da, db)
+                or (profile == "latest" and platform.hmat_path(topo, da, db) is not None)
             )
     hb_of = np.array([topo.hb_index[d.host_bridge] for d in devs], dtype=np.int64)
 

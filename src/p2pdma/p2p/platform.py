@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from p2pdma.pci.topology import Device, HostBridge, HmatPath, Topology
+from p2pdma.pci.topology import Device, HmatPath, HostBridge, Topology
 
 PCI_VENDOR_ID_INTEL = 0x8086
 PCI_VENDOR_ID_GOOGLE = 0x1AE0
