@@ -3,6 +3,7 @@ table of common vendors and base classes so that output stays readable on machin
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,7 +123,13 @@ class PciIds:
                 p = base / rel
                 try:
                     if p.is_file() and not p.is_symlink():
-                        return cls.parse(p.read_text(errors="replace"), str(p))
+                        return _parse_file(str(p))
                 except OSError:
                     continue
         return cls()
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_file(path: str) -> PciIds:
+    """Parse a pci.ids file once per process (it is large and read-only)."""
+    return PciIds.parse(Path(path).read_text(errors="replace"), path)

@@ -38,6 +38,7 @@ import yaml
 
 from p2pdma.errors import InputError
 from p2pdma.pci import config as cfg
+from p2pdma.pci.ids import PciIds
 from p2pdma.pci.topology import (
     IORESOURCE_IO,
     IORESOURCE_MEM,
@@ -78,6 +79,7 @@ class SpecMachine:
             kernel_release=self.kernel_release,
             source=source or f"spec:{self.name}",
             proximity=self.proximity,
+            ids=PciIds.find(),
         )
 
 
