@@ -21,6 +21,8 @@ decoding path a real one does. Format (all keys but ``bdf`` optional)::
             config_size: 4096        # 64 models an unprivileged read
             bars: [{size: 0x1000000, prefetch: true, bits: 64}, {size: 256, io: true}]
             vfs: {count: 4, id: 15b3:101e, first_bdf: 0000:03:00.2, bars: [...]}
+            multifunction: true      # default: set on every function of a slot with several
+            mem32_base / mem_base / io_base (per host bridge): where BARs without ``start`` go
             iommu_group: 7
             driver: nvidia
             children: [...]
@@ -115,17 +117,15 @@ def _id(v: Any, what: str) -> tuple[int, int]:
 class _Alloc:
     """Hands out naturally aligned MMIO and I/O ranges for BARs, per host bridge window."""
 
-    def __init__(self, mem_base: int, io_base: int) -> None:
-        self.mem = mem_base
-        self.io = io_base
+    def __init__(self, mem_base: int, mem32_base: int, io_base: int) -> None:
+        self.next = {"mem": mem_base, "mem32": mem32_base, "io": io_base}
 
-    def take(self, size: int, io: bool) -> int:
-        if io:
-            self.io = (self.io + size - 1) // size * size
-            start, self.io = self.io, self.io + size
-            return start
-        self.mem = (self.mem + size - 1) // size * size
-        start, self.mem = self.mem, self.mem + size
+    def take(self, size: int, kind: str) -> int:
+        """``kind`` is ``mem`` (64-bit window), ``mem32`` (below 4 GiB) or ``io``."""
+        start = (self.next[kind] + size - 1) // size * size
+        self.next[kind] = start + size
+        if kind == "mem32" and self.next[kind] > 1 << 32:
+            raise InputError(f"32-bit BARs exceed the 4 GiB window (at {start:#x})")
         return start
 
 
@@ -147,7 +147,8 @@ def _bars(spec: Any, where: str, alloc: _Alloc) -> str:
         bits = _int(b.get("bits", 32), f"{where}: BAR bits")
         if bits == 64 and not io:
             flags |= IORESOURCE_MEM_64
-        start = _int(b["start"], f"{where}: BAR start") if "start" in b else alloc.take(size, io)
+        kind = "io" if io else "mem" if bits == 64 else "mem32"
+        start = _int(b["start"], f"{where}: BAR start") if "start" in b else alloc.take(size, kind)
         lines.append(f"0x{start:016x} 0x{start + size - 1:016x} 0x{flags:016x}")
         if bits == 64 and not io:
             lines.append(f"0x{0:016x} 0x{0:016x} 0x{0:016x}")
@@ -191,6 +192,7 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
     proximity: dict[str, int] = {}
     next_group = [0]
     seen: set[str] = set()
+    bus_owner: dict[tuple[int, int], str] = {}
     default_cfg = _int(data.get("config_size", 4096), f"{where}: config_size")
 
     hb_list = data.get("host_bridges")
@@ -207,6 +209,7 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
         bus_offset = _int(hb.get("bus_offset", 0), f"{where}: {hb_name}.bus_offset")
         alloc = _Alloc(
             _int(hb.get("mem_base", 0x100_0000_0000 * (hi + 1)), f"{where}: {hb_name}.mem_base"),
+            _int(hb.get("mem32_base", 0x8000_0000 + 0x800_0000 * hi), f"{where}: {hb_name}.mem32_base"),
             _int(hb.get("io_base", 0x1000 * (hi + 1)), f"{where}: {hb_name}.io_base"),
         )
 
@@ -228,6 +231,11 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
                     raise InputError(f"{dpath}: {exc}") from None
                 if bdf in seen:
                     raise InputError(f"{dpath}: duplicate bdf {bdf}")
+                owner = bus_owner.setdefault((dom, bus), parent or hb_name)
+                if owner != (parent or hb_name):
+                    raise InputError(
+                        f"{dpath}: bus {dom:04x}:{bus:02x} already belongs below {owner}, not {parent or hb_name}"
+                    )
                 seen.add(bdf)
                 if len(seen) > MAX_DEVICES:
                     raise InputError(f"{where}: more than {MAX_DEVICES} functions")
@@ -268,7 +276,7 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
                 size = _int(d.get("config_size", default_cfg), f"{dpath}.config_size")
                 if size not in (64, 256, 4096):
                     raise InputError(f"{dpath}: config_size must be 64, 256 or 4096")
-                fn_mf = bool(d.get("multifunction", fn != 0 or bool(d.get("functions"))))
+                fn_mf = bool(d.get("multifunction", False))
                 config = cfg.build(
                     vendor=vendor,
                     device=device,
@@ -347,6 +355,20 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
                 yield from child_buses
 
         list(walk(hb.get("devices") or [], None, f"{where}: {hb_name}.devices"))
+
+    # A slot with several (non-VF) functions: function 0 carries the multi-function header bit, as
+    # the kernel needs to scan the others (pci_scan_slot()).
+    slots: dict[tuple[int, int, int], int] = {}
+    for r in raws:
+        if r.physfn is None:
+            dom, bus, slot, _ = parse_bdf(r.bdf)
+            slots[(dom, bus, slot)] = slots.get((dom, bus, slot), 0) + 1
+    for r in raws:
+        dom, bus, slot, _ = parse_bdf(r.bdf)
+        if r.physfn is None and slots[(dom, bus, slot)] > 1 and r.config is not None:
+            buf = bytearray(r.config)
+            buf[cfg.PCI_HEADER_TYPE] |= cfg.PCI_HEADER_TYPE_MFD
+            r.config = bytes(buf)
 
     return SpecMachine(
         name=name,
