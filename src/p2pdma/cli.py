@@ -33,6 +33,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--root", metavar="DIR", help="read a captured sysfs/procfs root instead of /")
     src.add_argument("--example", metavar="NAME", help="a bundled example machine (see `p2pdma examples`)")
     src.add_argument("--spec", metavar="FILE", help="a machine described in YAML/JSON (spec format)")
+    for option, metavar, helptext, _ in SOURCE_EXTENSIONS:
+        src.add_argument(option, metavar=metavar, help=helptext)
     p.add_argument(
         "--kernel",
         choices=KERNEL_PROFILES,
@@ -59,11 +61,38 @@ def build_parser() -> argparse.ArgumentParser:
     _source_args(e)
     x = sub.add_parser("examples", help="list the bundled example machines")
     x.add_argument("--json", action="store_true", help="print one JSON document")
+    for mod in _extension_modules():
+        name, handler = mod.register(sub, _source_args)
+        COMMANDS[name] = handler
     return p
+
+
+# Commands that live in their own modules: each has
+# ``register(subparsers, add_source_args) -> (command name, handler(args) -> exit code)``.
+EXTENSION_MODULES: tuple[str, ...] = ()
+
+
+def _extension_modules() -> list[Any]:
+    import importlib
+
+    return [importlib.import_module(m) for m in EXTENSION_MODULES]
+
+
+# Further topology sources: (option, metavar, help, "module:function" taking the option's value
+# and returning a Topology). Their options join the mutually exclusive machine group.
+SOURCE_EXTENSIONS: tuple[tuple[str, str, str, str], ...] = ()
 
 
 def load_topology(args: argparse.Namespace) -> Topology:
     """The machine named by --root / --example / --spec (live /sys by default)."""
+    import importlib
+
+    for option, _, _, target in SOURCE_EXTENSIONS:
+        value = getattr(args, option.lstrip("-").replace("-", "_"), None)
+        if value:
+            mod, _, fn = target.partition(":")
+            loaded: Topology = getattr(importlib.import_module(mod), fn)(value)
+            return loaded
     if args.example:
         return examples.load(args.example)
     if args.spec:
@@ -204,14 +233,15 @@ def cmd_examples(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"topo": cmd_topo, "matrix": cmd_matrix, "explain": cmd_explain, "examples": cmd_examples}
+COMMANDS: dict[str, Any] = {"topo": cmd_topo, "matrix": cmd_matrix, "explain": cmd_explain, "examples": cmd_examples}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: any P2pdmaError becomes one line on stderr and exit 2."""
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.cmd](args)
+        code: int = COMMANDS[args.cmd](args)
+        return code
     except P2pdmaError as exc:
         print(f"p2pdma: {exc}", file=sys.stderr)
         return 2
