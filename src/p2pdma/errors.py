@@ -29,3 +29,27 @@ class SourceError(InputError):
     """A topology source (sysfs root, spec, capture) could not be read at all."""
 
     default_errno = _errno.ENOENT
+
+
+class KernelError(P2pdmaError):
+    """A kernel call failed: ``errno`` is what the kernel function returns (negated there)."""
+
+
+class LifetimeViolation(P2pdmaError):
+    """Use of an object after its lifetime ended (a released provider, a freed page, a revoked
+    buffer): the kernel would touch memory it may no longer touch. Also recorded on the System."""
+
+    default_errno = _errno.EFAULT
+
+
+class DmaApiMisuse(P2pdmaError):
+    """A DMA API contract broken (unmapping what was not mapped, wrong size, double unmap), as
+    CONFIG_DMA_API_DEBUG reports it."""
+
+    default_errno = _errno.EINVAL
+
+
+class IommuFault(P2pdmaError):
+    """A device access to an I/O virtual address with no translation."""
+
+    default_errno = _errno.EFAULT
