@@ -237,6 +237,8 @@ def dma_unmap_phys(
     """Undo dma_map_phys(). Mirrors dma_unmap_phys(); a DMA-API-debug check catches unmapping
     what was not mapped, a double unmap, a wrong size or direction."""
     system.device(dev)
+    if direction not in (0, 1, 2, 3):
+        raise KernelError(f"bad DMA direction {direction!r}", errno.EINVAL)
     dbg = _debug(system)
     key = (dev, addr)
     m = dbg.live.get(key)
@@ -265,6 +267,8 @@ def dma_unmap_phys(
 
 def translate(system: System, dev: str, dma_addr: int) -> tuple[int, bool]:
     """What the IOMMU does with a device access: (CPU physical address, is MMIO) or IommuFault."""
+    if not 0 <= dma_addr < 1 << 64:
+        raise KernelError(f"{dev}: DMA address {dma_addr:#x} out of range", errno.EINVAL)
     dom = _translated(system, dev)
     if dom is None:
         return dma_addr, False

@@ -105,6 +105,8 @@ class Pool:
         pages, pgmap = self.allocs[alloc_start]
         a_end = alloc_start + (pages << PAGE_SHIFT)
         f_end = virt + (n << PAGE_SHIFT)
+        if virt >= a_end:
+            raise KernelError(f"freeing {virt:#x}: not allocated", errno.EFAULT)
         if f_end > a_end:
             raise KernelError(f"freeing {virt:#x}+{size:#x}: beyond the allocation", errno.EFAULT)
         del self.allocs[alloc_start]
