@@ -83,6 +83,7 @@ def pcim_p2pdma_init(system: System, bdf: str) -> None:
             )
     system.devm_add_action(bdf, "pci_p2pdma_release")
     system.p2pdma[bdf] = p2p
+    system.ext.setdefault("released_bars", set()).difference_update({(bdf, b) for b in p2p.mem})
     system.log(f"pcim_p2pdma_init {bdf}")
 
 
@@ -105,8 +106,10 @@ def _pci_p2pdma_release(system: System, bdf: str) -> bool:
     """Mirrors pci_p2pdma_release(): drop the device's p2pdma state; its providers end here."""
     p2p = system.p2pdma.pop(bdf, None)
     if p2p is not None:
+        released = system.ext.setdefault("released_bars", set())
         for prov in p2p.mem.values():
             prov.released = True
+            released.add((bdf, prov.bar))
         p2p.map_types.clear()
     system.log(f"pci_p2pdma_release {bdf}")
     return True

@@ -1,0 +1,237 @@
+"""Importers of a dma-buf, each reacting to move_notify the way its kernel counterpart does.
+
+- ``iommufd``: maps the buffer into a VM's I/O address space and unmaps it at once on invalidate
+  (iopt_revoke_notify()); the VM's later DMA faults in the IOMMU, as it should.
+- ``rdma``: a dma-buf memory region (ib_umem_dmabuf): invalidate stops new work, the mapping goes
+  when in-flight work drains, and the next use maps again (ODP-style).
+- ``nvme``: P2P memory as the data buffer of reads and writes: invalidate quiesces the queue.
+- ``ignores-invalidate`` (broken): does nothing on move_notify and keeps using its mapping.
+- ``dma-past-invalidate`` (broken): never fences its DMA, so nobody waits for it.
+
+Each DMA is two steps, start (a fence when the importer fences) and finish (the bytes move
+through the fabric, the fence signals), so that revokes interleave with DMA in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+
+from p2pdma.errors import IommuFault, KernelError
+from p2pdma.model import dmabuf as B
+from p2pdma.model import fabric as F
+from p2pdma.model import vfio as V
+from p2pdma.model.system import System
+
+KINDS = ("iommufd", "rdma", "nvme", "ignores-invalidate", "dma-past-invalidate")
+BROKEN = ("ignores-invalidate", "dma-past-invalidate")
+
+
+@dataclass(slots=True)
+class Import:
+    """One importer's hold on a buffer: its attachment and what it believes of it."""
+
+    id: int
+    kind: str
+    dev: str
+    buf: int
+    att: int
+    mapped: bool = False
+    invalid: bool = False  # move_notify received, not yet re-mapped
+    inflight: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A DMA started but not finished: where it goes and whether it was legitimate at start."""
+
+    id: int
+    imp: int
+    offset: int
+    length: int
+    write: bool
+    data: bytes | None
+    addrs: list[tuple[int, int]]
+    fence: int | None
+    valid_at_start: bool
+
+
+@dataclass(slots=True)
+class ImporterState:
+    imports: dict[int, Import] = field(default_factory=dict)
+    inflight: dict[int, InFlight] = field(default_factory=dict)
+    results: dict[int, bytes] = field(default_factory=dict)
+
+
+def state(system: System) -> ImporterState:
+    st = system.ext.get("importers")
+    if st is None:
+        st = system.ext["importers"] = ImporterState()
+    assert isinstance(st, ImporterState)
+    return st
+
+
+def _imp_of_att(system: System, att: B.Attachment) -> Import:
+    imp = att.importer_priv
+    return state(system).imports[imp]
+
+
+def _who(imp: Import) -> str:
+    return f"{imp.kind}:{imp.id}"
+
+
+def _map_locked(system: System, imp: Import) -> None:
+    B.dma_resv_lock(system, imp.buf, _who(imp))
+    try:
+        B.dma_buf_map_attachment(system, imp.att)
+        imp.mapped, imp.invalid = True, False
+    finally:
+        B.dma_resv_unlock(system, imp.buf, _who(imp))
+
+
+def _unmap(system: System, imp: Import, locked_by_exporter: bool) -> None:
+    """Drop the mapping; under the exporter's lock inside move_notify, else taking it."""
+    if not imp.mapped:
+        return
+    if not locked_by_exporter:
+        B.dma_resv_lock(system, imp.buf, _who(imp))
+    try:
+        B.dma_buf_unmap_attachment(system, imp.att)
+    finally:
+        if not locked_by_exporter:
+            B.dma_resv_unlock(system, imp.buf, _who(imp))
+    imp.mapped = False
+
+
+def _on_move(system: System, att: B.Attachment) -> None:
+    imp = _imp_of_att(system, att)
+    system.log(f"importer {imp.id} ({imp.kind}) invalidated")
+    if imp.kind == "ignores-invalidate":
+        return
+    imp.invalid = True
+    if imp.kind == "iommufd" or not imp.inflight:
+        _unmap(system, imp, locked_by_exporter=True)
+
+
+for _k in KINDS:
+    B.IMPORTERS[_k] = _on_move
+
+
+def import_buffer(system: System, kind: str, dev: str, buf_id: int, *, static: bool = False) -> int:
+    """Attach ``dev`` as importer ``kind`` and map (a static importer has no move_notify: vfio
+    refuses it). Returns the import id."""
+    if kind not in KINDS:
+        raise KernelError(f"unknown importer kind {kind!r} ({', '.join(KINDS)})", errno.EINVAL)
+    st = state(system)
+    imp = Import(id=system.handle(), kind=kind, dev=dev, buf=buf_id, att=0)
+    att = B.dma_buf_dynamic_attach(system, buf_id, dev, None if static else kind, importer_priv=imp.id)
+    imp.att = att.id
+    st.imports[imp.id] = imp
+    try:
+        _map_locked(system, imp)
+    except KernelError:
+        B.dma_buf_detach(system, att.id)
+        del st.imports[imp.id]
+        raise
+    system.log(f"import {imp.id}: {kind} {dev} dma-buf {buf_id}")
+    return imp.id
+
+
+def _addresses(imp: Import, system: System, offset: int, length: int) -> list[tuple[int, int]]:
+    att = B.get_att(system, imp.att)
+    if att.sgt is None:
+        raise KernelError(f"import {imp.id} has no mapping", errno.EFAULT)
+    out = []
+    pos = 0
+    want_end = offset + length
+    for addr, n in att.sgt.entries:
+        lo, hi = max(offset, pos), min(want_end, pos + n)
+        if lo < hi:
+            out.append((addr + lo - pos, hi - lo))
+        pos += n
+    if sum(n for _, n in out) != length:
+        raise KernelError(f"{offset:#x}+{length:#x} outside the {pos:#x}-byte buffer", errno.EINVAL)
+    return out
+
+
+def start_dma(system: System, import_id: int, offset: int, length: int, *, write: bool,
+              data: bytes | None = None) -> int:
+    """Begin a DMA of ``length`` bytes at ``offset`` into the buffer. A correct importer refuses
+    new work after invalidation (rdma/nvme re-map first; iommufd's VM faults)."""
+    st = state(system)
+    imp = st.imports.get(import_id)
+    if imp is None:
+        raise KernelError(f"no import {import_id}", errno.EINVAL)
+    if write and (data is None or len(data) != length):
+        raise KernelError("a write needs exactly length bytes of data", errno.EINVAL)
+    if imp.invalid and imp.kind in ("rdma", "nvme"):
+        if imp.inflight:
+            raise KernelError(f"import {import_id} is draining after invalidation", errno.EAGAIN)
+        _unmap(system, imp, locked_by_exporter=False)
+        _map_locked(system, imp)  # ENODEV while revoked
+    if imp.kind == "iommufd" and not imp.mapped:
+        F.state(system).faults.append(f"VM DMA through import {import_id} after revoke")
+        raise IommuFault(f"import {import_id}: the VM's IOAS no longer maps the buffer")
+    buf = B.get_buf(system, imp.buf)
+    valid = not imp.invalid and V.buffer_status(system, imp.buf) == V.DmaBufStatus.OK
+    addrs = _addresses(imp, system, offset, length)
+    fence = None if imp.kind == "dma-past-invalidate" else B.dma_resv_add_fence(system, buf.id, imp.kind)
+    op = InFlight(system.handle(), imp.id, offset, length, write, data, addrs, fence, valid)
+    st.inflight[op.id] = op
+    imp.inflight.append(op.id)
+    system.log(f"start dma {op.id}: import {imp.id} {'write' if write else 'read'} {offset:#x}+{length:#x}")
+    return op.id
+
+
+def finish_dma(system: System, op_id: int) -> bytes:
+    """Complete a DMA: the bytes move through the fabric (checked), then the fence signals."""
+    st = state(system)
+    op = st.inflight.pop(op_id, None)
+    if op is None:
+        raise KernelError(f"no DMA {op_id} in flight", errno.EINVAL)
+    imp = st.imports[op.imp]
+    imp.inflight.remove(op_id)
+    buf_ok = V.buffer_status(system, imp.buf) == V.DmaBufStatus.OK
+    out = bytearray()
+    if not buf_ok and not op.valid_at_start:
+        system.violate("sanitizer", f"DMA {op_id} by {imp.dev} ({imp.kind}) started after dma-buf {imp.buf} "
+                       "was invalidated", raise_it=False)
+    else:
+        pos = 0
+        for addr, n in op.addrs:
+            chunk = op.data[pos : pos + n] if op.write and op.data is not None else None
+            try:
+                got = F.dma(system, imp.dev, addr, n, write=op.write, data=chunk, context=f"dma {op_id}")
+            except IommuFault:
+                got = None
+            if got is not None:
+                out += bytes(got)
+            pos += n
+    if op.fence is not None:
+        B.dma_fence_signal(system, imp.buf, op.fence)
+    if imp.invalid and not imp.inflight and imp.kind in ("rdma", "nvme"):
+        _unmap(system, imp, locked_by_exporter=False)
+    st.results[op_id] = bytes(out)
+    system.log(f"finish dma {op_id}")
+    return bytes(out)
+
+
+def remap(system: System, import_id: int) -> None:
+    """Map again after an un-revoke (iommufd's userspace re-maps; others do it on next use)."""
+    imp = state(system).imports[import_id]
+    _unmap(system, imp, locked_by_exporter=False)
+    _map_locked(system, imp)
+
+
+def release(system: System, import_id: int) -> None:
+    """Stop importing: unmap and detach (EBUSY while DMA is in flight)."""
+    st = state(system)
+    imp = st.imports.get(import_id)
+    if imp is None:
+        raise KernelError(f"no import {import_id}", errno.EINVAL)
+    if imp.inflight:
+        raise KernelError(f"import {import_id} has DMA in flight", errno.EBUSY)
+    _unmap(system, imp, locked_by_exporter=False)
+    B.dma_buf_detach(system, imp.att)
+    del st.imports[import_id]
+    system.log(f"release import {import_id}")
