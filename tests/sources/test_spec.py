@@ -56,3 +56,13 @@ def test_a_bus_belongs_to_one_bridge() -> None:
 def test_bad_specs_name_the_problem(spec: object, message: str) -> None:
     with pytest.raises(InputError, match=message):
         parse_spec(spec)
+
+
+def test_vfs_may_not_spill_onto_another_bridges_bus() -> None:
+    spec = machine([hb("pci0000:00", [
+        dev("0000:00:01.0", port="root-port", children=[
+            dev("0000:01:00.0", vfs={"count": 300, "id": "15b3:101e"})]),
+        dev("0000:00:02.0", port="root-port", children=[dev("0000:02:00.0")]),
+    ])])
+    with pytest.raises(InputError, match="VF"):
+        parse_spec(spec)

@@ -324,6 +324,11 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
                     for k in range(count):
                         vbdf = format_bdf(vdom, vbus + (devfn + k) // 256, ((devfn + k) % 256) >> 3,
                                           (devfn + k) & 7)
+                        vb = vbus + (devfn + k) // 256
+                        if vb > 255:
+                            raise InputError(f"{dpath}: VF {k} would sit past bus ff")
+                        if bus_owner.setdefault((vdom, vb), parent or hb_name) != (parent or hb_name):
+                            raise InputError(f"{dpath}: VF {vbdf} lands on bus {vb:02x}, which belongs elsewhere")
                         if vbdf in seen:
                             raise InputError(f"{dpath}: VF {vbdf} collides with another function")
                         seen.add(vbdf)

@@ -1,10 +1,6 @@
 """Synthetic machines: random but plausible PCIe trees as spec dicts, reproducible from a seed.
 
-``n_endpoints`` is the number of non-bridge functions of the machine, i.e. the rows of
-``compute_matrix()`` and ``Topology.endpoints``: the ``00.0`` host bridge device of every host
-bridge, root-complex integrated endpoints, every function of a multifunction device and every
-SR-IOV VF count. Each host bridge is its own PCI domain (``pciDDDD:00``); when the endpoints do not
-fit in ``host_bridges`` domains of 256 buses, more host bridges are added.
+Each host bridge is its own PCI domain (``pciDDDD:00``); more are added when 256 buses run out.
 """
 
 from __future__ import annotations
@@ -300,9 +296,8 @@ def generate(
     hmat: bool = False,
     name: str | None = None,
 ) -> dict[str, Any]:
-    """A spec dict (for parse_spec()) of a random machine with exactly ``n_endpoints`` endpoints.
-
-    At most ``n_endpoints`` host bridges are made, as each one has its own ``00.0`` device.
+    """A spec dict (for parse_spec()) whose machine has exactly ``n_endpoints`` non-bridge functions
+    (00.0 host bridge devices, RCiEPs, every function and VF count), so at most that many host bridges.
     """
     if n_endpoints < 1:
         raise ValueError(f"n_endpoints must be at least 1, got {n_endpoints}")
