@@ -229,13 +229,14 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
                     dom, bus, slot, fn = parse_bdf(bdf)
                 except ValueError as exc:
                     raise InputError(f"{dpath}: {exc}") from None
-                if bdf in seen:
-                    raise InputError(f"{dpath}: duplicate bdf {bdf}")
                 owner = bus_owner.setdefault((dom, bus), parent or hb_name)
                 if owner != (parent or hb_name):
                     raise InputError(
                         f"{dpath}: bus {dom:04x}:{bus:02x} already belongs below {owner}, not {parent or hb_name}"
+                        " (VFs or another bridge's devices sit there)"
                     )
+                if bdf in seen:
+                    raise InputError(f"{dpath}: duplicate bdf {bdf}")
                 seen.add(bdf)
                 if len(seen) > MAX_DEVICES:
                     raise InputError(f"{where}: more than {MAX_DEVICES} functions")
