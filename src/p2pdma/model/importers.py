@@ -39,6 +39,8 @@ class Import:
     mapped: bool = False
     invalid: bool = False  # move_notify received, not yet re-mapped
     inflight: list[int] = field(default_factory=list)
+    notified: bool = False  # deferred mode: move_notify arrived, reaction not yet run
+    inval_fence: int | None = None
 
 
 @dataclass(slots=True)
@@ -104,13 +106,36 @@ def _unmap(system: System, imp: Import, locked_by_exporter: bool) -> None:
 
 
 def _on_move(system: System, att: B.Attachment) -> None:
+    """move_notify. Immediate mode reacts inside the callback; deferred mode (the checker's) only
+    records it and fences the pending work, so the reaction is a step of its own."""
     imp = _imp_of_att(system, att)
     system.log(f"importer {imp.id} ({imp.kind}) invalidated")
     if imp.kind == "ignores-invalidate":
         return
+    if system.ext.get("deferred_invalidate"):
+        if not imp.notified:
+            imp.notified = True
+            imp.inval_fence = B.dma_resv_add_fence(system, imp.buf, f"{_who(imp)}:invalidate")
+        return
     imp.invalid = True
     if imp.kind == "iommufd" or not imp.inflight:
         _unmap(system, imp, locked_by_exporter=True)
+
+
+def handle_invalidate(system: System, import_id: int) -> None:
+    """Deferred mode: the importer's reaction to move_notify: stop using the mapping (unmap now,
+    or once in-flight DMA drains), then signal the invalidation fence the exporter waits for."""
+    imp = state(system).imports.get(import_id)
+    if imp is None or not imp.notified:
+        raise KernelError(f"import {import_id} has no invalidation to handle", errno.EINVAL)
+    imp.notified = False
+    imp.invalid = True
+    if imp.kind == "iommufd" or not imp.inflight:
+        _unmap(system, imp, locked_by_exporter=False)
+    fence, imp.inval_fence = imp.inval_fence, None
+    system.log(f"importer {import_id} ({imp.kind}) handled the invalidation")
+    if fence is not None:
+        B.dma_fence_signal(system, imp.buf, fence)
 
 
 for _k in KINDS:
@@ -164,7 +189,9 @@ def start_dma(system: System, import_id: int, offset: int, length: int, *, write
         raise KernelError(f"no import {import_id}", errno.EINVAL)
     if write and (data is None or len(data) != length):
         raise KernelError("a write needs exactly length bytes of data", errno.EINVAL)
-    if imp.invalid and imp.kind in ("rdma", "nvme"):
+    if imp.notified and imp.kind != "ignores-invalidate":
+        handle_invalidate(system, import_id)  # the importer sees the flag before new work
+    if imp.invalid and imp.kind in ("rdma", "nvme", "dma-past-invalidate"):
         if imp.inflight:
             raise KernelError(f"import {import_id} is draining after invalidation", errno.EAGAIN)
         _unmap(system, imp, locked_by_exporter=False)
@@ -209,7 +236,7 @@ def finish_dma(system: System, op_id: int) -> bytes:
             pos += n
     if op.fence is not None:
         B.dma_fence_signal(system, imp.buf, op.fence)
-    if imp.invalid and not imp.inflight and imp.kind in ("rdma", "nvme"):
+    if imp.invalid and not imp.inflight and imp.kind in ("rdma", "nvme", "dma-past-invalidate"):
         _unmap(system, imp, locked_by_exporter=False)
     st.results[op_id] = bytes(out)
     system.log(f"finish dma {op_id}")

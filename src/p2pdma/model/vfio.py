@@ -61,10 +61,12 @@ class VfioPciDmaBuf:
 
 @dataclass(slots=True)
 class PendingRevoke:
-    """A revoke whose BAR may not go yet: these buffers still have unsignalled fences."""
+    """A revoke whose BAR may not go yet: the fences (buffer, fence id) present when it began
+    waiting are not all signalled (dma_resv_wait_timeout() waits for exactly those)."""
 
     reason: str
     bufs: list[int]
+    fences: list[tuple[int, int]]
 
 
 @dataclass(slots=True)
@@ -79,6 +81,7 @@ class VfioDevice:
     pending: list[PendingRevoke] = field(default_factory=list)
     wait_for_fences: bool = True
     resets: int = 0
+    unbind_after_close: bool = False
 
 
 @dataclass(slots=True)
@@ -314,11 +317,11 @@ def _revoke(system: System, v: VfioDevice, reason: str, permanent: bool = False)
     the operation waits (it completes from the fence-signal hook)."""
     system.log(f"vfio revoke {v.bdf} ({reason})")
     bufs = _move(system, v, True, permanent)
-    bufs = bufs + [b for p in v.pending for b in p.bufs]
-    busy = [b for b in dict.fromkeys(bufs) if B.state(system).bufs[b].resv.unsignaled()]
-    if busy and v.wait_for_fences:
-        v.pending.append(PendingRevoke(reason, busy))
-        system.log(f"vfio {v.bdf}: {reason} waits for fences on dma-buf(s) {busy}")
+    bufs = list(dict.fromkeys(bufs + [b for p in v.pending for b in p.bufs]))
+    fences = [(b, f.id) for b in bufs for f in B.state(system).bufs[b].resv.unsignaled()]
+    if fences and v.wait_for_fences:
+        v.pending.append(PendingRevoke(reason, bufs, fences))
+        system.log(f"vfio {v.bdf}: {reason} waits for {len(fences)} fence(s)")
         return False
     return True
 
@@ -330,7 +333,12 @@ def revoke_done(system: System, bdf: str) -> bool:
 
 
 def _finish(system: System, v: VfioDevice, reason: str) -> None:
-    """The part after the wait: the BAR really goes (or the device really resets)."""
+    """The part after the wait: the BAR really goes (or the device really resets). Completing
+    while a fence of a revoked buffer is unsignalled is recorded as an event the checker reads."""
+    early = [b for b in _revoked_bufs(system, v) if B.state(system).bufs[b].resv.unsignaled()]
+    if early:
+        system.ext.setdefault("events", []).append(("revoke-early", v.bdf, reason, tuple(early)))
+        system.log(f"vfio {v.bdf}: {reason} completes with unsignalled fences on {early}")
     if reason == "decode-off":
         v.command &= ~PCI_COMMAND_MEMORY
     elif reason == "reset":
@@ -342,12 +350,28 @@ def _finish(system: System, v: VfioDevice, reason: str) -> None:
         v.command &= ~PCI_COMMAND_MEMORY
         v.is_open = False
     system.log(f"vfio {v.bdf}: {reason} done")
+    if reason == "close" and v.unbind_after_close and v.bdf in system.bindings:
+        system.unbind(v.bdf)
+
+
+def _revoked_bufs(system: System, v: VfioDevice) -> list[int]:
+    out = []
+    for b in B.state(system).bufs.values():
+        priv = b.priv
+        if isinstance(priv, VfioPciDmaBuf) and priv.provider.owner == v.bdf and not b.released:
+            if priv.status != DmaBufStatus.OK:
+                out.append(b.id)
+    return out
+
+
+def _signaled(system: System, buf: int, fence: int) -> bool:
+    return all(f.id != fence for f in B.state(system).bufs[buf].resv.unsignaled())
 
 
 def _fence_hook(system: System, buf_id: int) -> None:
     for v in _st(system).devices.values():
         for p in list(v.pending):
-            if all(not B.state(system).bufs[b].resv.unsignaled() for b in p.bufs):
+            if all(_signaled(system, b, f) for b, f in p.fences):
                 v.pending.remove(p)
                 _finish(system, v, p.reason)
 
@@ -394,6 +418,19 @@ def vfio_close(system: System, bdf: str) -> bool:
         _finish(system, v, "close")
         return True
     return False
+
+
+def vfio_unbind(system: System, bdf: str) -> bool:
+    """Unbind vfio-pci from the device: an open device is closed first (its buffers revoked for
+    good, waiting for fences), and only then does the driver let go of its providers, as
+    vfio_pci_core_unregister_device() waits for users. True when the unbind completed."""
+    v = _st(system).devices.get(bdf)
+    if v is not None and v.is_open:
+        v.unbind_after_close = True
+        if not vfio_close(system, bdf):
+            return False
+        return bdf not in system.bindings
+    return system.unbind(bdf)
 
 
 def buffer_status(system: System, buf_id: int) -> DmaBufStatus:
