@@ -1,0 +1,66 @@
+"""The ``p2pdma report OUT.html`` command: the self-contained HTML report of a machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from p2pdma.errors import InputError
+from p2pdma.p2p.matrix import compute_matrix
+
+REPORT_SCHEMA = "p2pdma.report/1"
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def register(subparsers: Any, add_source_args: Callable[[argparse.ArgumentParser], None]) -> tuple[str, Handler]:
+    """Add the ``report`` subcommand; returns its name and handler (see EXTENSION_MODULES)."""
+    p = subparsers.add_parser(
+        "report", help="one self-contained HTML file: PCI tree, P2P heat map, each pair's reason and fix"
+    )
+    p.add_argument("out", metavar="OUT.html", help="where to write the report ('-' for stdout)")
+    add_source_args(p)
+    return "report", cmd_report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the report; print where it went (``--json``: a ``p2pdma.report/1`` summary)."""
+    from p2pdma.cli import _warn, load_topology
+    from p2pdma.report.html import render_html
+
+    topo = load_topology(args)
+    _warn(topo)
+    mat = compute_matrix(topo, args.kernel)
+    page = render_html(topo, args.kernel, mat)
+    data = page.encode("utf-8")
+    if args.out == "-":
+        sys.stdout.write(page)
+        sys.stdout.flush()
+        return 0
+    out = Path(args.out)
+    try:
+        out.write_bytes(data)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write the report: {exc.strerror or exc}") from None
+    if args.json:
+        doc = {
+            "schema": REPORT_SCHEMA,
+            "out": str(out),
+            "bytes": len(data),
+            "machine": topo.name,
+            "kernel": args.kernel,
+            "functions": len(topo.devices),
+            "endpoints": len(mat.bdfs),
+            "pairs": mat.counts(),
+        }
+        print(json.dumps(doc, indent=1))
+    else:
+        print(f"wrote {out} ({len(data)} bytes): {len(topo.devices)} functions, {len(mat.bdfs)} endpoints")
+    return 0
+
+
+__all__ = ["REPORT_SCHEMA", "cmd_report", "register"]
