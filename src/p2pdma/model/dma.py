@@ -26,6 +26,9 @@ IOVA_START_PFN = 1
 class DmaDirection(IntEnum):
     """``enum dma_data_direction``."""
 
+    def __deepcopy__(self, memo: object) -> DmaDirection:
+        return self  # members are constants: copies share them
+
     BIDIRECTIONAL = 0
     TO_DEVICE = 1
     FROM_DEVICE = 2

@@ -103,9 +103,19 @@ class System:
     __hash__ = None  # type: ignore[assignment]
 
     def copy(self) -> System:
-        """A deep copy sharing the (immutable) topology."""
+        """A deep copy sharing the (immutable) topology; the RNG state is an immutable tuple, so it
+        is handed over rather than copied element by element."""
+        new = System.__new__(System)
         memo: dict[int, Any] = {id(self.topo): self.topo}
-        return copy.deepcopy(self, memo)
+        for k, v in self.__dict__.items():
+            if k == "topo":
+                new.topo = v
+            elif k == "rng":
+                new.rng = random.Random()
+                new.rng.setstate(v.getstate())
+            else:
+                setattr(new, k, copy.deepcopy(v, memo))
+        return new
 
     # -- bookkeeping --------------------------------------------------------------------------
     def log(self, text: str) -> None:

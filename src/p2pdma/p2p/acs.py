@@ -14,6 +14,9 @@ EGRESS_PORT_TYPES = (cfg.PCI_EXP_TYPE_ROOT_PORT, cfg.PCI_EXP_TYPE_DOWNSTREAM)
 class AcsState(IntEnum):
     """``enum pci_acs_p2pdma_state``: how a peer request entering a port is routed."""
 
+    def __deepcopy__(self, memo: object) -> AcsState:
+        return self  # members are constants: copies share them
+
     DIRECT = 0
     REDIRECT = 1
     NOT_SUPPORTED = 2

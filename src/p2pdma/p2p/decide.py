@@ -23,6 +23,9 @@ DEFAULT_PROFILE = "latest"
 class MapType(IntEnum):
     """``enum pci_p2pdma_map_type`` of include/linux/pci-p2pdma.h."""
 
+    def __deepcopy__(self, memo: object) -> MapType:
+        return self  # members are constants: copies share them
+
     UNKNOWN = 0
     NONE = 1
     NOT_SUPPORTED = 2

@@ -1,0 +1,116 @@
+"""The lifetime rules the checker proves, each a named predicate with a one-line statement."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from p2pdma.check.models import ModelSpec, cstate
+from p2pdma.model import dma as D
+from p2pdma.model import dmabuf as B
+from p2pdma.model import importers as I
+from p2pdma.model import vfio as V
+from p2pdma.model.system import System
+
+
+@dataclass(frozen=True)
+class Invariant:
+    """A rule: its name, what it says, and a predicate that returns a reason when broken."""
+
+    name: str
+    statement: str
+    broken: Callable[[ModelSpec, System], str | None]
+
+
+def _sanitizer(spec: ModelSpec, s: System) -> str | None:
+    bad = [v for v in s.violations if v.kind in ("sanitizer", "use-after-release", "free-after-release")]
+    return bad[0].message if bad else None
+
+
+def _revoke_waits(spec: ModelSpec, s: System) -> str | None:
+    for ev in s.ext.get("events", []):
+        if ev[0] == "revoke-early":
+            return f"{ev[2]} of {ev[1]} completed while dma-buf(s) {list(ev[3])} had unsignalled fences"
+    return None
+
+
+def _no_mapping_after_revoke(spec: ModelSpec, s: System) -> str | None:
+    st = B.state(s)
+    for buf in st.bufs.values():
+        priv = buf.priv
+        if not isinstance(priv, V.VfioPciDmaBuf) or priv.status == V.DmaBufStatus.OK:
+            continue
+        v = V._st(s).devices.get(priv.provider.owner)
+        if v is not None and any(buf.id in p.bufs for p in v.pending):
+            continue  # the revoke has not completed yet
+        for att_id in buf.attachments:
+            a = st.atts[att_id]
+            if a.sgt is not None:
+                return f"attachment of {a.dev} still maps dma-buf {buf.id} after its revoke completed"
+    return None
+
+
+def _provider_outlives_dma(spec: ModelSpec, s: System) -> str | None:
+    released = s.ext.get("released_bars", set())
+    if not released:
+        return None
+    c = cstate(s)
+    if (spec.owner, spec.bar) in released:
+        if any(c.peer_inflight):
+            return f"{spec.owner} BAR{spec.bar}'s provider was released while a peer's DMA to it is in flight"
+        for op in I.state(s).inflight.values():
+            return f"{spec.owner} BAR{spec.bar}'s provider was released while DMA {op.id} is in flight"
+    return None
+
+
+def _locking(spec: ModelSpec, s: System) -> str | None:
+    bad = [v for v in s.violations if v.kind == "locking"]
+    return bad[0].message if bad else None
+
+
+def _no_leak_after_close(spec: ModelSpec, s: System) -> str | None:
+    v = V._st(s).devices.get(spec.owner)
+    closed = v is not None and not v.is_open and not v.pending
+    if not closed:
+        return None
+    c = cstate(s)
+    if any(x not in (None, -1) for x in c.imports):
+        return None  # importers still hold the buffer; they may release later
+    st = B.state(s)
+    for buf in st.bufs.values():
+        if buf.attachments:
+            return f"dma-buf {buf.id} keeps {len(buf.attachments)} attachment(s) after close"
+    dbg = s.dma_debug
+    if isinstance(dbg, D.DmaDebug) and dbg.live:
+        return f"{len(dbg.live)} DMA mapping(s) live after close"
+    iommu = s.iommu
+    if isinstance(iommu, D.Iommu):
+        for dom in iommu.domains.values():
+            if dom.iova.live:
+                return f"{len(dom.iova.live)} IOVA range(s) still allocated in group {dom.group} after close"
+    pages = s.ext.get("pages")
+    if pages is not None and pages.mappings:
+        return f"{len(pages.mappings)} p2pmem user mapping(s) after close"
+    return None
+
+
+INVARIANTS: tuple[Invariant, ...] = (
+    Invariant("sanitizer-clean", "no DMA touches memory it may no longer touch", _sanitizer),
+    Invariant("revoke-waits", "a revoke completes only after every importer acknowledged and every fence "
+              "signalled", _revoke_waits),
+    Invariant("no-mapping-after-revoke", "no mapping survives a completed revoke", _no_mapping_after_revoke),
+    Invariant("provider-outlives-dma", "no provider is released while any DMA to it is live",
+              _provider_outlives_dma),
+    Invariant("resv-locking", "mapping and invalidation happen under the reservation lock", _locking),
+    Invariant("no-leak-after-close", "after close nothing leaks (attachments, mappings, IOVAs, pages)",
+              _no_leak_after_close),
+)
+
+
+def first_broken(spec: ModelSpec, s: System) -> tuple[Invariant, str] | None:
+    """The first invariant this state breaks, with the reason."""
+    for inv in INVARIANTS:
+        why = inv.broken(spec, s)
+        if why is not None:
+            return inv, why
+    return None
