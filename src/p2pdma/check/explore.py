@@ -82,7 +82,9 @@ def _importer_view(s: System, i: int) -> tuple[Any, ...]:
     imp = I.state(s).imports.get(imp_id)
     if imp is None:
         return ("gone", *base)
-    ops = tuple(sorted(I.state(s).inflight[o].valid_at_start for o in imp.inflight))
+    ops = tuple(sorted(repr((op.valid_at_start, getattr(op, "invalidated", False),
+                             getattr(op, "resets_at_start", 0)))
+                       for op in (I.state(s).inflight[o] for o in imp.inflight)))
     return (imp.mapped, imp.invalid, imp.notified, ops, *base)
 
 

@@ -24,6 +24,9 @@ from p2pdma.p2p.decide import MapType
 class ResvUsage(IntEnum):
     """``enum dma_resv_usage``: what a fence is for (BOOKKEEP is waited on by everyone)."""
 
+    def __deepcopy__(self, memo: object) -> ResvUsage:
+        return self  # members are constants: copies share them
+
     KERNEL = 0
     WRITE = 1
     READ = 2

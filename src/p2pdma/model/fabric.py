@@ -4,24 +4,34 @@ and a sanitizer that flags any access to memory the requester may no longer touc
 A request from a device for a DMA address is routed the way the hardware routes it: an address in
 a peer BAR's bus range below a common switch with no redirecting ACS goes straight across
 (BUS_ADDR, no IOMMU); anything else goes up to the root complex, where the requester's IOMMU domain
-translates it (or faults) and the host bridge delivers it to RAM or to a BAR by CPU address.
+translates it (or faults) and the host bridge delivers it to RAM or to a BAR by CPU address. As the
+hardware translates and routes each packet on its own, a request is cut where its IOVA pages stop
+being physically contiguous and where a BAR ends, and each piece is routed by itself.
+
+Lookups go through an index of the (frozen) topology built once per machine: BARs sorted by bus
+address per host bridge and by CPU address, and the links between any two devices. It is derived
+data, not run-time state, so it lives beside the System, not in it.
 """
 
 from __future__ import annotations
 
+import bisect
+import errno
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
 
 from p2pdma.errors import IommuFault, KernelError
 from p2pdma.model import dma as D
-from p2pdma.model.system import System
+from p2pdma.model.system import PAGE_SHIFT, PAGE_SIZE, System
 from p2pdma.p2p.decide import MapType, calc_map_type_and_dist
-from p2pdma.pci.topology import Bar
+from p2pdma.pci.topology import Bar, Topology
 
 CHUNK = 1 << 21  # memory is allocated lazily in 2 MiB chunks
 Bytes = npt.NDArray[np.uint8]
+U64_LIMIT = 1 << 64
 
 
 @dataclass(slots=True)
@@ -45,16 +55,23 @@ class Memory:
             self._chunk(idx)[inner : inner + take] = data[pos : pos + take]
             pos += take
 
-    def read(self, off: int, n: int) -> Bytes:
-        out = np.zeros(n, dtype=np.uint8)
+    def read_into(self, off: int, out: Bytes) -> None:
+        """Copy ``len(out)`` bytes at ``off`` into ``out`` (one copy; zeros where nothing was written)."""
         pos = 0
+        n = len(out)
         while pos < n:
             idx, inner = divmod(off + pos, CHUNK)
             take = min(CHUNK - inner, n - pos)
             c = self.chunks.get(idx)
-            if c is not None:
+            if c is None:
+                out[pos : pos + take] = 0
+            else:
                 out[pos : pos + take] = c[inner : inner + take]
             pos += take
+
+    def read(self, off: int, n: int) -> Bytes:
+        out = np.empty(n, dtype=np.uint8)
+        self.read_into(off, out)
         return out
 
     def __eq__(self, other: object) -> bool:
@@ -97,7 +114,77 @@ def state(system: System) -> FabricState:
     return st
 
 
+# -- the topology index (derived from the frozen topology, shared by every System on it) ----------
+_Entry = tuple[int, int, str, Bar]  # start, end (exclusive), owner, BAR
+
+
+class _Ranges:
+    """Non-empty address ranges sorted by start, for bisection; overlapping ones (a malformed
+    machine) resolve to the first owner in topology order, as a linear scan would."""
+
+    def __init__(self, entries: list[tuple[int, _Entry]]) -> None:
+        entries.sort(key=lambda e: (e[1][0], e[0]))
+        self.order = [o for o, _ in entries]
+        self.entries = [e for _, e in entries]
+        self.starts = [e[0] for e in self.entries]
+        self.max_end: list[int] = []
+        m = 0
+        for e in self.entries:
+            m = max(m, e[1])
+            self.max_end.append(m)
+
+    def find(self, addr: int) -> _Entry | None:
+        i = bisect.bisect_right(self.starts, addr) - 1
+        best: tuple[int, _Entry] | None = None
+        while i >= 0 and self.max_end[i] > addr:
+            e = self.entries[i]
+            if addr < e[1] and (best is None or self.order[i] < best[0]):
+                best = (self.order[i], e)
+            i -= 1
+        return None if best is None else best[1]
+
+    def next_start(self, addr: int) -> int:
+        """The first range start above ``addr`` (2**64 when none)."""
+        i = bisect.bisect_right(self.starts, addr)
+        return self.starts[i] if i < len(self.starts) else U64_LIMIT
+
+
+class _TopoIndex:
+    """BARs by bus address (per host bridge: bus addresses are per hierarchy) and by CPU address,
+    each device's host bridge, and the link names between devices (filled on first use)."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        by_bus: dict[str, list[tuple[int, _Entry]]] = {}
+        by_phys: list[tuple[int, _Entry]] = []
+        self.host_bridge: dict[str, str] = {}
+        for order, d in enumerate(topo.devices):
+            self.host_bridge[d.bdf] = d.host_bridge
+            for b in d.bars:
+                if not b.is_mem or b.size <= 0:
+                    continue
+                by_bus.setdefault(d.host_bridge, []).append((order, (b.bus_start, b.bus_start + b.size, d.bdf, b)))
+                by_phys.append((order, (b.start, b.end + 1, d.bdf, b)))
+        self.bus = {hb: _Ranges(e) for hb, e in by_bus.items()}
+        self.phys = _Ranges(by_phys)
+        self.links: dict[tuple[str, str | None, str], tuple[str, ...]] = {}
+
+
+_INDEXES: dict[int, _TopoIndex] = {}
+_INDEX_LIMIT = 16
+
+
+def _index(topo: Topology) -> _TopoIndex:
+    idx = _INDEXES.get(id(topo))
+    if idx is None or idx.topo is not topo:
+        if len(_INDEXES) >= _INDEX_LIMIT:
+            del _INDEXES[next(iter(_INDEXES))]
+        idx = _INDEXES[id(topo)] = _TopoIndex(topo)
+    return idx
+
+
 def _bar_by_bus(system: System, addr: int) -> tuple[str, Bar] | None:
+    """The BAR whose bus range holds ``addr``, in any hierarchy (first in topology order)."""
     for d in system.topo.devices:
         for b in d.bars:
             if b.is_mem and b.bus_start <= addr < b.bus_start + b.size:
@@ -106,11 +193,9 @@ def _bar_by_bus(system: System, addr: int) -> tuple[str, Bar] | None:
 
 
 def _bar_by_phys(system: System, phys: int) -> tuple[str, Bar] | None:
-    for d in system.topo.devices:
-        for b in d.bars:
-            if b.is_mem and b.start <= phys <= b.end:
-                return d.bdf, b
-    return None
+    """The BAR whose CPU physical range holds ``phys``."""
+    e = _index(system.topo).phys.find(phys)
+    return None if e is None else (e[2], e[3])
 
 
 def _map_type(system: System, provider: str, client: str) -> MapType:
@@ -122,48 +207,103 @@ def _map_type(system: System, provider: str, client: str) -> MapType:
     return m
 
 
+def _route_span(system: System, dev: str, addr: int, length: int) -> tuple[Target, int]:
+    """Route the request's first piece: its target and how many bytes of ``length`` go there."""
+    idx = _index(system.topo)
+    ranges = idx.bus.get(idx.host_bridge.get(dev, ""))
+    hit = None if ranges is None else ranges.find(addr)
+    if hit is not None:
+        start, end, owner, bar = hit
+        if owner == dev or _map_type(system, owner, dev) == MapType.BUS_ADDR:
+            off = addr - start
+            return Target(owner, bar.index, off, bar.start + off, "BUS_ADDR"), min(length, end - addr)
+    dom = D.domain_of(system, dev)
+    if dom is None or dom.type != "dma":
+        phys, n = addr, length
+    else:
+        ptes = dom.ptes
+        pfn = addr >> PAGE_SHIFT
+        pte = ptes.get(pfn)
+        if pte is None:
+            raise IommuFault(f"{dev}: IOMMU fault at {addr:#x} (no translation)")
+        phys = (pte[0] << PAGE_SHIFT) | (addr & (PAGE_SIZE - 1))
+        n = PAGE_SIZE - (addr & (PAGE_SIZE - 1))
+        k = 1
+        while n < length:
+            nxt = ptes.get(pfn + k)
+            if nxt is None or nxt[0] != pte[0] + k:
+                break  # not mapped, or not contiguous: the next piece routes (or faults) by itself
+            n += PAGE_SIZE
+            k += 1
+        n = min(n, length)
+    e = idx.phys.find(phys)
+    if e is None:
+        return Target(None, -1, phys, phys, "HOST_MEMORY"), min(n, idx.phys.next_start(phys) - phys)
+    start, end, owner, bar = e
+    return Target(owner, bar.index, phys - start, phys, "THRU_HOST_BRIDGE"), min(n, end - phys)
+
+
+def _check_range(dev: str, dma_addr: int, length: int) -> None:
+    if length <= 0:
+        raise KernelError(f"{dev}: DMA of {length} bytes", errno.EINVAL)
+    if dma_addr < 0 or dma_addr + length > U64_LIMIT:
+        raise KernelError(f"{dev}: DMA address {dma_addr:#x}+{length:#x} out of range", errno.EINVAL)
+
+
 def route(system: System, dev: str, dma_addr: int, length: int) -> Target:
     """Where a request from ``dev`` for ``dma_addr`` goes (IommuFault when the IOMMU has no
-    translation, KernelError EIO for an address nothing decodes)."""
-    hit = _bar_by_bus(system, dma_addr)
-    if hit is not None and hit[0] != dev and _map_type(system, hit[0], dev) == MapType.BUS_ADDR:
-        owner, bar = hit
-        return Target(owner, bar.index, dma_addr - bar.bus_start, bar.start + dma_addr - bar.bus_start, "BUS_ADDR")
-    if hit is not None and hit[0] == dev:
-        owner, bar = hit
-        return Target(owner, bar.index, dma_addr - bar.bus_start, bar.start + dma_addr - bar.bus_start, "BUS_ADDR")
-    phys, _mmio = D.translate(system, dev, dma_addr)
-    last, _ = D.translate(system, dev, dma_addr + length - 1)
-    if last - phys != length - 1:
-        # the range spans IOVA pages that map discontiguously: split by the caller
-        raise KernelError(f"{dev}: access {dma_addr:#x}+{length:#x} spans discontiguous pages", 22)
-    hit = _bar_by_phys(system, phys)
-    if hit is None:
-        return Target(None, -1, phys, phys, "HOST_MEMORY")
-    owner, bar = hit
-    return Target(owner, bar.index, phys - bar.start, phys, "THRU_HOST_BRIDGE")
+    translation; EINVAL when the range does not land in one place: spans discontiguous IOVA
+    pages or crosses the end of a BAR, which dma() splits)."""
+    _check_range(dev, dma_addr, length)
+    target, n = _route_span(system, dev, dma_addr, length)
+    if n < length:
+        raise KernelError(f"{dev}: access {dma_addr:#x}+{length:#x} does not land in one place",
+                          errno.EINVAL)
+    return target
 
 
-def _links(system: System, dev: str, target: Target) -> list[str]:
-    """The links a request crosses, named child->parent, for the per-link counters."""
+def _compute_links(system: System, dev: str, target: Target) -> tuple[str, ...]:
     chain = [d.bdf for d in system.topo.chain(dev)]
     if target.owner is None:
-        return [f"{a}->{b}" for a, b in zip(chain, chain[1:], strict=False)] + [f"{chain[-1]}->host"]
+        return tuple([f"{a}->{b}" for a, b in zip(chain, chain[1:], strict=False)] + [f"{chain[-1]}->host"])
     other = [d.bdf for d in system.topo.chain(target.owner)]
     if target.path == "BUS_ADDR":
         common = next((x for x in chain if x in other), None)
         up = chain[: chain.index(common)] if common else chain
         down = other[: other.index(common)] if common else other
-        return [f"{a}->{b}" for a, b in zip(up, up[1:] + ([common] if common else []), strict=False)] + [
-            f"{b}->{a}" for a, b in zip(down, down[1:] + ([common] if common else []), strict=False)]
-    return ([f"{a}->{b}" for a, b in zip(chain, chain[1:], strict=False)] + [f"{chain[-1]}->host"]
-            + [f"host->{other[-1]}"] + [f"{b}->{a}" for a, b in zip(other, other[1:], strict=False)])
+        return tuple([f"{a}->{b}" for a, b in zip(up, up[1:] + ([common] if common else []), strict=False)] + [
+            f"{b}->{a}" for a, b in zip(down, down[1:] + ([common] if common else []), strict=False)])
+    return tuple([f"{a}->{b}" for a, b in zip(chain, chain[1:], strict=False)] + [f"{chain[-1]}->host"]
+                 + [f"host->{other[-1]}"] + [f"{b}->{a}" for a, b in zip(other, other[1:], strict=False)])
+
+
+def _link_names(system: System, dev: str, target: Target) -> tuple[str, ...]:
+    cache = _index(system.topo).links
+    key = (dev, target.owner, target.path)
+    links = cache.get(key)
+    if links is None:
+        links = cache[key] = _compute_links(system, dev, target)
+    return links
+
+
+def _links(system: System, dev: str, target: Target) -> list[str]:
+    """The links a request crosses, named child->parent, for the per-link counters."""
+    return list(_link_names(system, dev, target))
+
+
+_VFIO: list[ModuleType] = []
+
+
+def _vfio() -> ModuleType:
+    if not _VFIO:
+        from p2pdma.model import vfio  # late: vfio sits above the fabric's layer in the import order
+
+        _VFIO.append(vfio)
+    return _VFIO[0]
 
 
 def access_allowed(system: System, dev: str, target: Target, context: str) -> list[str]:
     """The sanitizer: every reason this access touches memory it may no longer touch."""
-    from p2pdma.model import vfio  # late: vfio sits above the fabric's layer in the import order
-
     problems: list[str] = []
     if not system.present(dev):
         problems.append(f"requester {dev} was unplugged")
@@ -172,9 +312,10 @@ def access_allowed(system: System, dev: str, target: Target, context: str) -> li
     owner = target.owner
     if not system.present(owner):
         problems.append(f"{owner} BAR{target.bar} belongs to an unplugged device")
-    if not vfio.bar_accessible(system, owner):
+    if not _vfio().bar_accessible(system, owner):
         problems.append(f"{owner} BAR{target.bar} no longer decodes (memory disabled, reset or closed)")
-    if (owner, target.bar) in system.ext.get("released_bars", set()):
+    released = system.ext.get("released_bars")
+    if released and (owner, target.bar) in released:
         problems.append(f"{owner} BAR{target.bar}: its driver unbound and released the provider")
     pages = system.ext.get("pages")
     if pages is not None:
@@ -184,40 +325,69 @@ def access_allowed(system: System, dev: str, target: Target, context: str) -> li
     return problems
 
 
+def _memory(st: FabricState, target: Target) -> Memory:
+    if target.owner is None:
+        return st.ram
+    key = (target.owner, target.bar)
+    mem = st.bars.get(key)
+    if mem is None:
+        mem = st.bars[key] = Memory()
+    return mem
+
+
 def dma(system: System, dev: str, dma_addr: int, length: int, *, write: bool, data: bytes | Bytes | None = None,
         context: str = "") -> Bytes:
-    """Perform one DMA: route, check, move the bytes, count. Returns what was read (or written).
-    An IOMMU fault is recorded (it is the IOMMU doing its job) and re-raised; sanitizer
-    findings become violations on the System and the access is not performed."""
-    if length <= 0:
-        raise KernelError(f"{dev}: DMA of {length} bytes", 22)
+    """Perform one DMA: route each piece, check, move the bytes, count. Returns what was read (or
+    written). An IOMMU fault (on any piece) is recorded (it is the IOMMU doing its job) and
+    re-raised before any byte moves; sanitizer findings become violations on the System and the
+    access is not performed."""
+    if dev not in system.topo:
+        raise KernelError(f"no PCI device {dev}", errno.ENODEV)
+    _check_range(dev, dma_addr, length)
+    buf: Bytes | None = None
+    if write:
+        if data is None:
+            raise KernelError(f"{dev}: a write needs data", errno.EINVAL)
+        buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+        if len(buf) != length:
+            raise KernelError(f"{dev}: write of {len(buf)} bytes declared {length}", errno.EINVAL)
     st = state(system)
+    pieces: list[tuple[Target, int, int]] = []
+    pos = 0
     try:
-        target = route(system, dev, dma_addr, length)
+        while pos < length:
+            target, n = _route_span(system, dev, dma_addr + pos, length - pos)
+            pieces.append((target, pos, n))
+            pos += n
     except IommuFault as exc:
         st.faults.append(f"{context}: {exc}")
-        system.log(f"iommu fault {dev} {dma_addr:#x} ({context})")
+        system.log(f"iommu fault {dev} {dma_addr + pos:#x} ({context})")
         raise
-    problems = access_allowed(system, dev, target, context)
+    problems: list[str] = []
+    for target, _, _ in pieces:
+        for p in access_allowed(system, dev, target, context):
+            if p not in problems:
+                problems.append(p)
     if problems:
         for p in problems:
             system.violate("sanitizer", f"{context or 'DMA'} by {dev} at {dma_addr:#x}: {p}", raise_it=False)
         return np.zeros(0, dtype=np.uint8)
-    mem = st.ram if target.owner is None else st.bars.setdefault((target.owner, target.bar), Memory())
-    off = target.offset
-    if write:
-        assert data is not None
-        buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
-        if len(buf) != length:
-            raise KernelError(f"{dev}: write of {len(buf)} bytes declared {length}", 22)
-        mem.write(off, buf)
+    if buf is not None:
+        for target, p0, n in pieces:
+            _memory(st, target).write(target.offset, buf[p0 : p0 + n])
         out = buf
+    elif len(pieces) == 1:
+        out = _memory(st, pieces[0][0]).read(pieces[0][0].offset, length)
     else:
-        out = mem.read(off, length)
-    st.bytes_by_path[target.path] += length
-    st.requests_by_path[target.path] += 1
-    for link in _links(system, dev, target):
-        st.link_bytes[link] = st.link_bytes.get(link, 0) + length
+        out = np.empty(length, dtype=np.uint8)
+        for target, p0, n in pieces:
+            _memory(st, target).read_into(target.offset, out[p0 : p0 + n])
+    link_bytes = st.link_bytes
+    for target, _, n in pieces:
+        st.bytes_by_path[target.path] += n
+        st.requests_by_path[target.path] += 1
+        for link in _link_names(system, dev, target):
+            link_bytes[link] = link_bytes.get(link, 0) + n
     return out
 
 

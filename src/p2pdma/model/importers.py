@@ -56,6 +56,8 @@ class InFlight:
     addrs: list[tuple[int, int]]
     fence: int | None
     valid_at_start: bool
+    invalidated: bool = False  # move_notify arrived while this DMA was in flight
+    resets_at_start: int = 0  # the exporting device's reset count when it started
 
 
 @dataclass(slots=True)
@@ -110,6 +112,8 @@ def _on_move(system: System, att: B.Attachment) -> None:
     records it and fences the pending work, so the reaction is a step of its own."""
     imp = _imp_of_att(system, att)
     system.log(f"importer {imp.id} ({imp.kind}) invalidated")
+    for op_id in imp.inflight:  # the sanitizer's bookkeeping: these must finish before the BAR goes
+        state(system).inflight[op_id].invalidated = True
     if imp.kind == "ignores-invalidate":
         return
     if system.ext.get("deferred_invalidate"):
@@ -200,29 +204,48 @@ def start_dma(system: System, import_id: int, offset: int, length: int, *, write
         F.state(system).faults.append(f"VM DMA through import {import_id} after revoke")
         raise IommuFault(f"import {import_id}: the VM's IOAS no longer maps the buffer")
     buf = B.get_buf(system, imp.buf)
-    valid = not imp.invalid and V.buffer_status(system, imp.buf) == V.DmaBufStatus.OK
+    # legitimate only through a mapping made since the last move_notify, of a buffer not revoked
+    valid = not B.get_att(system, imp.att).invalidated and V.buffer_status(system, imp.buf) == V.DmaBufStatus.OK
     addrs = _addresses(imp, system, offset, length)
     fence = None if imp.kind == "dma-past-invalidate" else B.dma_resv_add_fence(system, buf.id, imp.kind)
-    op = InFlight(system.handle(), imp.id, offset, length, write, data, addrs, fence, valid)
+    op = InFlight(system.handle(), imp.id, offset, length, write, data, addrs, fence, valid,
+                  resets_at_start=_resets(system, imp))
     st.inflight[op.id] = op
     imp.inflight.append(op.id)
     system.log(f"start dma {op.id}: import {imp.id} {'write' if write else 'read'} {offset:#x}+{length:#x}")
     return op.id
 
 
+def _owner(system: System, imp: Import) -> str:
+    priv = B.state(system).bufs[imp.buf].priv
+    assert isinstance(priv, V.VfioPciDmaBuf)
+    return priv.provider.owner
+
+
+def _resets(system: System, imp: Import) -> int:
+    v = V._st(system).devices.get(_owner(system, imp))
+    return 0 if v is None else v.resets
+
+
 def finish_dma(system: System, op_id: int) -> bytes:
-    """Complete a DMA: the bytes move through the fabric (checked), then the fence signals."""
+    """Complete a DMA: the bytes move through the fabric (checked), then the fence signals. The
+    sanitizer flags a DMA started through an invalidated mapping, and one that was in flight when
+    its buffer was revoked if the revoke completed (the BAR went, or the device reset) before it."""
     st = state(system)
     op = st.inflight.pop(op_id, None)
     if op is None:
         raise KernelError(f"no DMA {op_id} in flight", errno.EINVAL)
     imp = st.imports[op.imp]
     imp.inflight.remove(op_id)
-    buf_ok = V.buffer_status(system, imp.buf) == V.DmaBufStatus.OK
     out = bytearray()
-    if not buf_ok and not op.valid_at_start:
+    unwaited = op.invalidated and (V.revoke_done(system, _owner(system, imp))
+                                   or _resets(system, imp) != op.resets_at_start)
+    if not op.valid_at_start:
         system.violate("sanitizer", f"DMA {op_id} by {imp.dev} ({imp.kind}) started after dma-buf {imp.buf} "
                        "was invalidated", raise_it=False)
+    elif unwaited:
+        system.violate("sanitizer", f"DMA {op_id} by {imp.dev} ({imp.kind}) was in flight when dma-buf "
+                       f"{imp.buf} was revoked, and the revoke completed without waiting for it", raise_it=False)
     else:
         pos = 0
         for addr, n in op.addrs:

@@ -42,6 +42,9 @@ EXPORTER = "vfio-pci"
 class DmaBufStatus(IntEnum):
     """``enum vfio_pci_dma_buf_status``."""
 
+    def __deepcopy__(self, memo: object) -> DmaBufStatus:
+        return self  # members are constants: copies share them
+
     OK = 0
     TEMP_REVOKED = 1
     PERM_REVOKED = 2
@@ -82,6 +85,8 @@ class VfioDevice:
     wait_for_fences: bool = True
     resets: int = 0
     unbind_after_close: bool = False
+    unplug_after_unbind: bool = False
+    queued: list[str] = field(default_factory=list)  # operations blocked on memory_lock
 
 
 @dataclass(slots=True)
@@ -116,8 +121,11 @@ def vfio_open(system: System, bdf: str, *, wait_for_fences: bool = True) -> Vfio
     old = _st(system).devices.get(bdf)
     if old is not None and old.is_open:
         raise KernelError(f"{bdf} is already open", errno.EBUSY)
-    if system.driver(bdf) is None:
+    drv = system.driver(bdf)
+    if drv is None:
         system.bind(bdf, "vfio-pci")
+    elif drv != "vfio-pci":
+        raise KernelError(f"{bdf} is bound to {drv}, not vfio-pci", errno.EBUSY)
     try:
         pcim_p2pdma_init(system, bdf)
     except KernelError as exc:
@@ -305,8 +313,7 @@ def _move(system: System, v: VfioDevice, revoked: bool, permanent: bool = False)
         if permanent:
             priv.vdev = None
             v.dmabufs.remove(buf_id)
-        if want != DmaBufStatus.OK:
-            B.dma_buf_move_notify(system, buf_id)
+        B.dma_buf_move_notify(system, buf_id)  # both ways: a restored buffer may have moved too
         B.dma_resv_unlock(system, buf_id, "vfio")
         changed.append(buf_id)
     return changed
@@ -351,7 +358,9 @@ def _finish(system: System, v: VfioDevice, reason: str) -> None:
         v.is_open = False
     system.log(f"vfio {v.bdf}: {reason} done")
     if reason == "close" and v.unbind_after_close and v.bdf in system.bindings:
-        system.unbind(v.bdf)
+        if system.unbind(v.bdf) and v.unplug_after_unbind:
+            system.ext.setdefault("unplugged", set()).add(v.bdf)
+            system.log(f"unplug {v.bdf} done")
 
 
 def _revoked_bufs(system: System, v: VfioDevice) -> list[int]:
@@ -369,11 +378,27 @@ def _signaled(system: System, buf: int, fence: int) -> bool:
 
 
 def _fence_hook(system: System, buf_id: int) -> None:
-    for v in _st(system).devices.values():
+    for v in list(_st(system).devices.values()):
         for p in list(v.pending):
             if all(_signaled(system, b, f) for b, f in p.fences):
                 v.pending.remove(p)
                 _finish(system, v, p.reason)
+        while not v.pending and v.queued:
+            op = v.queued.pop(0)
+            system.log(f"vfio {v.bdf}: {op} proceeds (memory_lock free)")
+            try:
+                _QUEUED_OPS[op](system, v.bdf)
+            except KernelError as exc:
+                system.log(f"vfio {v.bdf}: {op} failed: {exc}")
+
+
+def _blocked(system: System, v: VfioDevice, op: str) -> bool:
+    """The memory_lock is held by a revoke that waits: ``op`` blocks behind it (queued)."""
+    if v.pending:
+        v.queued.append(op)
+        system.log(f"vfio {v.bdf}: {op} blocks on memory_lock")
+        return True
+    return False
 
 
 B.FENCE_HOOKS.append(_fence_hook)
@@ -383,9 +408,9 @@ def vfio_set_memory(system: System, bdf: str, enable: bool) -> bool:
     """A config write of the command register's memory bit. Disabling revokes every buffer first
     (and waits); enabling un-revokes them. True when done, False when waiting for fences."""
     v = vdev_of(system, bdf)
+    if _blocked(system, v, "decode-on" if enable else "decode-off"):
+        return False
     if enable:
-        if v.pending:
-            raise KernelError(f"{bdf}: a revoke is still waiting for fences", errno.EBUSY)
         v.command |= PCI_COMMAND_MEMORY
         _move(system, v, False)
         system.log(f"vfio {bdf}: memory decode on")
@@ -401,8 +426,8 @@ def vfio_set_memory(system: System, bdf: str, enable: bool) -> bool:
 def vfio_reset(system: System, bdf: str) -> bool:
     """VFIO_DEVICE_RESET: revoke, wait, reset the function, un-revoke when memory is enabled."""
     v = vdev_of(system, bdf)
-    if v.pending:
-        raise KernelError(f"{bdf}: a revoke is still waiting for fences", errno.EBUSY)
+    if _blocked(system, v, "reset"):
+        return False
     if _revoke(system, v, "reset"):
         _finish(system, v, "reset")
         return True
@@ -413,6 +438,8 @@ def vfio_close(system: System, bdf: str) -> bool:
     """Close the device: every buffer revoked for good (vfio_pci_dma_buf_cleanup()), then the
     device is disabled."""
     v = vdev_of(system, bdf)
+    if _blocked(system, v, "close"):
+        return False
     v.registered = False
     if _revoke(system, v, "close", permanent=True):
         _finish(system, v, "close")
@@ -431,6 +458,27 @@ def vfio_unbind(system: System, bdf: str) -> bool:
             return False
         return bdf not in system.bindings
     return system.unbind(bdf)
+
+
+def vfio_unplug(system: System, bdf: str) -> bool:
+    """An orderly hot-unplug (pciehp, sysfs remove): the driver's remove runs first (vfio closes,
+    revokes and waits), then the device is gone. True when it is gone already."""
+    v = _st(system).devices.get(bdf)
+    if v is not None and v.is_open:
+        v.unplug_after_unbind = True
+    done = vfio_unbind(system, bdf)
+    if done:
+        system.ext.setdefault("unplugged", set()).add(bdf)
+        system.log(f"unplug {bdf} done")
+    return done
+
+
+_QUEUED_OPS = {
+    "decode-on": lambda s, b: vfio_set_memory(s, b, True),
+    "decode-off": lambda s, b: vfio_set_memory(s, b, False),
+    "reset": lambda s, b: vfio_reset(s, b),
+    "close": lambda s, b: vfio_close(s, b),
+}
 
 
 def buffer_status(system: System, buf_id: int) -> DmaBufStatus:

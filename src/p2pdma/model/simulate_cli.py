@@ -1,0 +1,142 @@
+"""``p2pdma simulate [FILE|NAME]``: run a scenario on the run-time model and print a timeline and a
+summary (or one ``p2pdma.simulate/1`` JSON document). Exit 0 without violations, 1 with, 2 on bad
+input. With no argument the bundled ``seed-story`` runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from p2pdma.errors import InputError
+
+if TYPE_CHECKING:  # the model loads only when the command runs, not for every p2pdma command
+    from p2pdma.model import scenario as S
+    from p2pdma.pci.topology import Topology
+
+DEFAULT_SCENARIO = "seed-story"
+
+
+def register(sub: Any, add_source_args: Callable[..., None]) -> tuple[str, Callable[[argparse.Namespace], int]]:
+    """``p2pdma simulate`` (cli.EXTENSION_MODULES)."""
+    p = sub.add_parser("simulate", help="run a scenario (exports, imports, DMA, resets) on the run-time model",
+                       description="Run a scenario on the run-time model: a timeline of every step and a "
+                                   "summary. Exit 0 without violations, 1 with, 2 on bad input.")
+    p.add_argument("scenario", nargs="?", metavar="FILE|NAME",
+                   help=f"a scenario YAML file or a bundled scenario (default: {DEFAULT_SCENARIO})")
+    p.add_argument("--list", action="store_true", help="list the bundled scenarios")
+    add_source_args(p)
+    p.set_defaults(kernel=None)  # the scenario's kernel unless --kernel is given
+    return "simulate", cmd_simulate
+
+
+def _scenario(arg: str | None) -> S.Scenario:
+    from p2pdma.model import scenario as S
+
+    if arg is None:
+        return S.load_bundled(S.DEFAULT_SCENARIO)
+    path = Path(arg)
+    if path.exists() or path.suffix in (".yaml", ".yml", ".json") or "/" in arg:
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory, not a scenario file")
+        return S.load_scenario(path)
+    if arg in S.bundled_names():
+        return S.load_bundled(arg)
+    raise InputError(f"{arg}: no such file, nor a bundled scenario ({', '.join(S.bundled_names())})")
+
+
+def _machine(sc: S.Scenario, args: argparse.Namespace) -> Topology:
+    """The machine: --root/--example/--spec (and other sources) when given, else the scenario's,
+    else the default example."""
+    from p2pdma import examples
+    from p2pdma.cli import SOURCE_EXTENSIONS, load_topology
+    from p2pdma.model import scenario as S
+
+    given = any(getattr(args, o, None) for o in ("root", "example", "spec")) or any(
+        getattr(args, opt.lstrip("-").replace("-", "_"), None) for opt, *_ in SOURCE_EXTENSIONS)
+    if given:
+        return load_topology(args)
+    m = sc.machine
+    if m is None:
+        return examples.load(S.DEFAULT_MACHINE)
+    if isinstance(m, str):
+        return examples.load(m)
+    (kind, value), = m.items()
+    base = Path(sc.source).parent if Path(sc.source).exists() else Path(".")
+    ns = argparse.Namespace(root=None, example=None, spec=None)
+    if kind == "example":
+        ns.example = value
+    else:
+        setattr(ns, kind, str(base / value))
+    return load_topology(ns)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Run the scenario; print the timeline or the JSON document; 1 when there is a violation."""
+    from p2pdma.model import scenario as S
+
+    if args.list:
+        for name in S.bundled_names():
+            sc = S.load_bundled(name)
+            star = " (default)" if name == S.DEFAULT_SCENARIO else ""
+            print(f"{name:<20} {sc.description}{star}")
+        return 0
+    sc = _scenario(args.scenario)
+    topo = _machine(sc, args)
+    profile = args.kernel or sc.kernel or "latest"
+    res = S.run_scenario(sc, topo, profile)
+    if args.json:
+        print(json.dumps(res.to_json(), indent=1))
+    else:
+        print(render(res))
+    return 1 if res.violations else 0
+
+
+def render(res: S.RunResult) -> str:
+    """The timeline and the summary, for a terminal."""
+    from p2pdma.model import scenario as S
+
+    sc = res.scenario
+    out = [f"scenario {sc.name} on {res.machine} (kernel {res.profile}, IOMMU {sc.iommu}, seed {sc.seed})"]
+    if sc.description:
+        out.append(f"  {sc.description}")
+    if sc.devices:
+        devs = ", ".join(f"{d.name} {d.bdf} ({'vfio-pci' if d.bind == 'vfio' else d.bind or 'no driver'})"
+                         for d in sc.devices.values())
+        out.append(f"  devices: {devs}")
+    out.append("")
+    width = len(str(len(res.steps)))
+    for r in res.steps:
+        n = str(r.step.index).rjust(width)
+        if r.step.op == "note":
+            out.append(f"{' ' * width}  -- {r.summary}")
+            continue
+        mark = {"ok": " ", "waits": "~", "error": "x"}[r.status]
+        got = r.errno if r.status == "error" else r.status
+        expect = "  (as expected)" if r.step.expect not in (None, "ok") and got == r.step.expect else ""
+        out.append(f"{n} {mark} {r.step.op:<10} {r.summary}{expect}")
+        for e in r.events:
+            out.append(f"{' ' * (width + 15)}. {e}")
+        for v in r.violations:
+            out.append(f"{' ' * (width + 3)}!! {v['kind']}: {v['message']}")
+    out.append("")
+    out.append("summary")
+    moved = ", ".join(f"{p} {S.human(res.bytes_by_path[p])} ({res.bytes_by_path[p]} bytes)" for p in S.PATHS)
+    out.append(f"  bytes moved   {moved}")
+    if res.violations:
+        out.append(f"  violations    {len(res.violations)}")
+        for v in res.violations:
+            out.append(f"    step {v['step']}: {v['kind']}: {v['message']}")
+    else:
+        out.append("  violations    none")
+    out.append(f"  data intact   {'yes' if res.data_intact else 'NO'}")
+    for m in res.mismatches:
+        out.append(f"    {m}")
+    for x in res.left:
+        out.append(f"  note: {x}")
+    return "\n".join(out)
+
+
+__all__ = ["register", "cmd_simulate", "render"]
