@@ -15,7 +15,7 @@ from enum import IntEnum
 
 from p2pdma.errors import DmaApiMisuse, IommuFault, KernelError
 from p2pdma.model.provider import P2pdmaMapState, P2pdmaProvider, pci_p2pdma_bus_addr_map, pci_p2pdma_state
-from p2pdma.model.system import PAGE_SHIFT, PAGE_SIZE, System
+from p2pdma.model.system import PAGE_SHIFT, PAGE_SIZE, System, fast_copy
 from p2pdma.p2p.decide import MapType
 
 DMA_ATTR_MMIO = 1 << 10
@@ -406,3 +406,6 @@ def dma_map_p2p(
     if kind == MapType.THRU_HOST_BRIDGE:
         return dma_map_phys(system, dev, phys, size, direction, DMA_ATTR_MMIO), kind
     raise KernelError(f"{dev} cannot reach {provider.owner} BAR{provider.bar} peer-to-peer", errno.EREMOTEIO)
+
+
+fast_copy(IommuDomain, Iommu, Mapping, DmaDebug, DmaIovaState)

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from p2pdma.errors import KernelError
 from p2pdma.model import dma as D
 from p2pdma.model.provider import P2pdmaProvider, pci_p2pdma_bus_addr_map, pci_p2pdma_map_type
-from p2pdma.model.system import System
+from p2pdma.model.system import System, fast_copy
 from p2pdma.p2p.decide import MapType
 
 
@@ -378,3 +378,6 @@ def dma_buf_free_sgt(system: System, att: Attachment, sgt: SgTable, direction: D
         D.dma_iova_destroy(system, att.dev, sgt.iova, sgt.entries[0][1], direction, D.DMA_ATTR_MMIO)
     for addr, n in sgt.mapped:
         D.dma_unmap_phys(system, att.dev, addr, n, direction, D.DMA_ATTR_MMIO)
+
+
+fast_copy(Fence, DmaResv, SgTable, Attachment, DmaBuf, DmaBufState)

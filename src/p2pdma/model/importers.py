@@ -21,7 +21,7 @@ from p2pdma.errors import IommuFault, KernelError
 from p2pdma.model import dmabuf as B
 from p2pdma.model import fabric as F
 from p2pdma.model import vfio as V
-from p2pdma.model.system import System
+from p2pdma.model.system import System, fast_copy
 
 KINDS = ("iommufd", "rdma", "nvme", "ignores-invalidate", "dma-past-invalidate")
 BROKEN = ("ignores-invalidate", "dma-past-invalidate")
@@ -285,3 +285,6 @@ def release(system: System, import_id: int) -> None:
     B.dma_buf_detach(system, imp.att)
     del st.imports[import_id]
     system.log(f"release import {import_id}")
+
+
+fast_copy(Import, InFlight, ImporterState)

@@ -23,7 +23,7 @@ from p2pdma.model.provider import (
     pcim_p2pdma_init,
     pcim_p2pdma_provider,
 )
-from p2pdma.model.system import PAGE_SHIFT, PAGE_SIZE, System, devm_handler
+from p2pdma.model.system import PAGE_SHIFT, PAGE_SIZE, System, devm_handler, fast_copy
 from p2pdma.p2p import platform
 from p2pdma.p2p.decide import MapType, calc_map_type_and_dist
 
@@ -473,3 +473,6 @@ def _memunmap_pages(system: System, bdf: str, pgmap_id: int) -> bool:
         return False
     pg.gone = True
     return True
+
+
+fast_copy(Chunk, Pool, Pgmap, UserMapping, PagesState)

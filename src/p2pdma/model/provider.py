@@ -12,7 +12,7 @@ import errno
 from dataclasses import dataclass, field
 
 from p2pdma.errors import KernelError
-from p2pdma.model.system import System, devm_handler
+from p2pdma.model.system import System, devm_handler, fast_copy
 from p2pdma.p2p.decide import MapType, calc_map_type_and_dist
 from p2pdma.pci.topology import PCI_STD_NUM_BARS, Device
 
@@ -168,3 +168,6 @@ def pci_p2pdma_state(
         state.mem = provider
         state.map = pci_p2pdma_map_type(system, provider, dev)
     return state.map
+
+
+fast_copy(P2pdmaProvider, PciP2pdma, P2pdmaMapState)

@@ -37,6 +37,27 @@ def devm_handler(name: str) -> Callable[[DevmHandler], DevmHandler]:
     return deco
 
 
+_ATOMIC = (int, str, bool, float, type(None), bytes)
+
+
+def _fast_deepcopy(self: Any, memo: dict[int, Any]) -> Any:
+    """Field-by-field deep copy for slotted dataclasses: skips copy.deepcopy's generic
+    reduce/reconstruct path, and immutable field values are shared rather than visited."""
+    cls = type(self)
+    new = object.__new__(cls)
+    memo[id(self)] = new
+    for name in cls.__dataclass_fields__:
+        v = getattr(self, name)
+        object.__setattr__(new, name, v if type(v) in _ATOMIC else copy.deepcopy(v, memo))
+    return new
+
+
+def fast_copy(*classes: type) -> None:
+    """Give run-time state classes the fast deep copy (System.copy() runs once per checker state)."""
+    for c in classes:
+        c.__deepcopy__ = _fast_deepcopy  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     """A broken lifetime or API rule: what, where, and the operations that led to it."""
@@ -53,6 +74,9 @@ class Binding:
     driver: str
     actions: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     unbinding: bool = False
+
+
+fast_copy(Binding)
 
 
 class System:

@@ -20,7 +20,7 @@ from p2pdma.errors import KernelError
 from p2pdma.model import dma as D
 from p2pdma.model import dmabuf as B
 from p2pdma.model.provider import P2pdmaProvider, pcim_p2pdma_init, pcim_p2pdma_provider
-from p2pdma.model.system import PAGE_SIZE, System
+from p2pdma.model.system import PAGE_SIZE, System, fast_copy
 
 # include/uapi/linux/vfio.h
 VFIO_DEVICE_FEATURE_MASK = 0xFFFF
@@ -494,3 +494,6 @@ def bar_accessible(system: System, bdf: str) -> bool:
     if v is None:
         return True
     return v.is_open and memory_enabled(v)
+
+
+fast_copy(VfioPciDmaBuf, PendingRevoke, VfioDevice, VfioState)
