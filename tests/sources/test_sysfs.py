@@ -104,7 +104,7 @@ def test_spec_roundtrip_through_sysfs_equals_spec(tmp_path: Path) -> None:
     assert back.cpu == direct.cpu
     nic = back["0000:01:00.0"]
     assert nic.bars[0].size == 32 << 20 and nic.bars[0].prefetchable and nic.bars[0].is_64bit
-    assert nic.numa_node == 1 and nic.iommu_group is not None
+    assert nic.numa_node == 1 and nic.iommu_group is None  # a spec states groups or has none
     assert back["0000:01:00.3"].physfn == "0000:01:00.0"
     assert back["0000:00:01.0"].cur_speed == 16.0 and back["0000:00:01.0"].cur_width == 16
 

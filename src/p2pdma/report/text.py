@@ -40,6 +40,7 @@ def render_topo(topo: Topology) -> str:
     if topo.cpu:
         zen = "  (AMD Zen: P2P through the host bridge allowed)" if platform.cpu_supports_p2pdma(topo) else ""
         lines.append(f"cpu: {topo.cpu.vendor} family {topo.cpu.family:#x} {topo.cpu.model_name}{zen}")
+    lines.extend(platform_lines(topo))
     children: dict[str | None, list[Device]] = {}
     for d in topo.devices:
         if d.is_vf:
@@ -164,7 +165,27 @@ def render_explain(topo: Topology, v: Verdict) -> str:
     lines.append(f"why: {v.reason}")
     if v.fix:
         lines.append(f"fix: add the kernel parameter {v.fix}")
+    lines.extend(platform_lines(topo, v))
     if v.kernel_log:
         lines.append("the kernel would log:")
         lines.extend(f"  {x}" for x in v.kernel_log)
     return "\n".join(lines)
+
+
+def platform_lines(topo: Topology, v: Verdict | None = None) -> list[str]:
+    """IOMMU and VM facts for ``topo`` and ``explain``: a guest warning, the IOMMU state, and for a
+    ``THRU_HOST_BRIDGE`` pair whether the mapping goes through the IOMMU."""
+    from p2pdma.sources.iommu import guest_facts, iommu_from_topology, mapping_text
+
+    out: list[str] = []
+    state = iommu_from_topology(topo)
+    if v is None and state.active is not None:
+        out.append("iommu: " + ("active; " + "; ".join(state.notes) if state.active else "not active"))
+    if v is not None and v.map_type == MapType.THRU_HOST_BRIDGE:
+        text = mapping_text(state, topo[v.client], v.map_type.name)
+        if text:
+            out.append(f"iommu: {text}")
+    warning = guest_facts(topo).warning()
+    if warning:
+        out.append(f"warning: {warning}")
+    return out

@@ -190,7 +190,6 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
     raws: list[RawFunction] = []
     hbs: list[str] = []
     proximity: dict[str, int] = {}
-    next_group = [0]
     seen: set[str] = set()
     bus_owner: dict[tuple[int, int], str] = {}
     default_cfg = _int(data.get("config_size", 4096), f"{where}: config_size")
@@ -295,10 +294,7 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
                     egress_vector=egress,
                     size=size,
                 )
-                group = d.get("iommu_group")
-                if group is None:
-                    group = next_group[0]
-                    next_group[0] += 1
+                group = d.get("iommu_group")  # only when stated: groups come from ACS, not invented
                 raws.append(
                     RawFunction(
                         bdf=bdf,
@@ -309,7 +305,7 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
                         device=device,
                         class_code=class_code,
                         resource=_bars(d.get("bars"), dpath, alloc),
-                        iommu_group=_int(group, f"{dpath}.iommu_group"),
+                        iommu_group=None if group is None else _int(group, f"{dpath}.iommu_group"),
                         numa_node=None if numa is None else _int(numa, f"{hb_name}.numa_node"),
                         driver=d.get("driver"),
                         bus_offset=bus_offset,
@@ -351,13 +347,12 @@ def parse_spec(data: Any, *, where: str = "spec") -> SpecMachine:
                                 device=vdevice,
                                 class_code=class_code,
                                 resource=_bars(vfs.get("bars"), f"{dpath}.vfs", alloc),
-                                iommu_group=next_group[0],
+                                iommu_group=None,
                                 numa_node=None if numa is None else _int(numa, f"{hb_name}.numa_node"),
                                 driver=vfs.get("driver"),
                                 bus_offset=bus_offset,
                             )
                         )
-                        next_group[0] += 1
                 yield from child_buses
 
         list(walk(hb.get("devices") or [], None, f"{where}: {hb_name}.devices"))
