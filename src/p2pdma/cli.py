@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     t = sub.add_parser("topo", help="the PCI tree: port types, links, ACS, host bridge whitelist")
     _source_args(t)
+    t.add_argument("--dot", action="store_true", help="print Graphviz DOT (render with e.g. dot -Tsvg)")
     m = sub.add_parser("matrix", help="P2P map type and distance for every pair of functions")
     _source_args(m)
     m.add_argument("--all", action="store_true", help="include bridges, not only type 0 functions")
@@ -69,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Commands that live in their own modules: each has
 # ``register(subparsers, add_source_args) -> (command name, handler(args) -> exit code)``.
-EXTENSION_MODULES: tuple[str, ...] = ()
+EXTENSION_MODULES: tuple[str, ...] = (
+    "p2pdma.report.cli",
+    "p2pdma.sources.capture",
+    "p2pdma.fleet.command",
+    "p2pdma.model.simulate_cli",
+    "p2pdma.check.command",
+    "p2pdma.p2p.fix_cli",
+)
 
 
 def _extension_modules() -> list[Any]:
@@ -80,7 +88,14 @@ def _extension_modules() -> list[Any]:
 
 # Further topology sources: (option, metavar, help, "module:function" taking the option's value
 # and returning a Topology). Their options join the mutually exclusive machine group.
-SOURCE_EXTENSIONS: tuple[tuple[str, str, str, str], ...] = ()
+SOURCE_EXTENSIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("--hwloc", "FILE.xml", "an hwloc XML export (lstopo --of xml): PCI tree, ACS unknown",
+     "p2pdma.sources.hwloc:read_hwloc"),
+    ("--lspci", "FILE", "an lspci -xxxx dump (what lspci -F reads): tree from bus numbers, ACS from config",
+     "p2pdma.sources.lspci:read_lspci"),
+    ("--nccl-xml", "FILE.xml", "an NCCL topology XML (NCCL_TOPO_DUMP_FILE): PCI tree, ACS unknown",
+     "p2pdma.sources.nccl:read_nccl_xml"),
+)
 
 
 def load_topology(args: argparse.Namespace) -> Topology:
@@ -102,6 +117,10 @@ def load_topology(args: argparse.Namespace) -> Topology:
     from p2pdma.sources.sysfs import read_root
 
     root = Path(args.root) if args.root else Path("/")
+    from p2pdma.sources.capture import is_archive, load_capture
+
+    if root.is_file() or is_archive(root):
+        return load_capture(root)
     if not root.exists():
         raise InputError(f"{root}: no such directory")
     return read_root(root)
@@ -153,6 +172,11 @@ def _progress(done: int, total: int) -> None:
 def cmd_topo(args: argparse.Namespace) -> int:
     topo = load_topology(args)
     _warn(topo)
+    if args.dot:
+        from p2pdma.report.dot import render_dot
+
+        print(render_dot(topo), end="")
+        return 0
     if args.json:
         doc = {
             "schema": TOPO_SCHEMA,

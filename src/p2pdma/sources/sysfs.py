@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from p2pdma.errors import SourceError
@@ -29,8 +29,11 @@ MAX_LINK_HOPS = 40
 MAX_FILE = 1 << 20
 
 
-class _Escape(Exception):
+class LinkEscape(Exception):
     """A link resolved to a place outside the root."""
+
+
+_Escape = LinkEscape
 
 
 def resolve_in_root(root: Path, rel: str) -> PurePosixPath:
@@ -184,11 +187,14 @@ def parse_cpuinfo(text: str | None) -> Cpu | None:
     )
 
 
-def read_root(root: Path | str = "/", *, name: str | None = None) -> Topology:
+def read_root(
+    root: Path | str = "/", *, name: str | None = None, config_sizes: Mapping[str, int] | None = None
+) -> Topology:
     """Read the PCI tree under ``root`` (``sys/bus/pci/devices``, ``proc/cpuinfo``) into a Topology.
 
     Raises SourceError when the root has no PCI devices directory at all; everything smaller is a
-    warning in ``Topology.warnings``.
+    warning in ``Topology.warnings``. ``config_sizes`` gives the kernel's cfg_size per BDF for a
+    captured root (a capture's manifest); the live root ``/`` reads them from the ``config`` files.
     """
     root = Path(root)
     if not root.is_dir():
@@ -234,7 +240,9 @@ def read_root(root: Path | str = "/", *, name: str | None = None) -> Topology:
                 r.warnings.append(f"{base}/physfn: link leads outside the root, not followed")
         group = r.link_name(base / "iommu_group")
         cfg_size = None
-        if str(root) == "/":
+        if config_sizes is not None:
+            cfg_size = config_sizes.get(entry)
+        elif str(root) == "/":
             try:
                 cfg_size = os.stat(root / base / "config").st_size
             except OSError:

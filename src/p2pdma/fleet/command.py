@@ -1,0 +1,109 @@
+"""The ``p2pdma fleet DIR_OR_GLOB`` command: find the captures, run an engine with a progress bar,
+print the fleet table or the ``p2pdma.fleet/1`` JSON document."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from p2pdma.errors import InputError
+from p2pdma.fleet.engines import ENGINES, Task, run
+from p2pdma.fleet.report import build_report, render_text, report_json, summary_line
+
+FLEET_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".xml")
+
+
+def _machine_name(path: str) -> str:
+    from p2pdma.sources.capture import machine_name
+
+    return machine_name(path)
+
+
+def find_tasks(spec: str) -> list[Task]:
+    """The machines named by a directory (its capture and hwloc XML files, not recursing) or a glob
+    (every regular file it matches), sorted by path."""
+    if os.path.isdir(spec):
+        paths = [
+            os.path.join(spec, e)
+            for e in os.listdir(spec)
+            if e.lower().endswith(FLEET_SUFFIXES) and os.path.isfile(os.path.join(spec, e))
+        ]
+    else:
+        paths = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
+    if not paths:
+        raise InputError(f"{spec}: no captures (.tar.gz, .tgz, .tar, .tar.bz2, .tar.xz, .xml) found")
+    return [Task(_machine_name(p), p) for p in sorted(paths)]
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, stream: Any = None, width: int = 30) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.start = time.monotonic()
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, failed: int) -> None:
+        if not self.tty or total == 0:
+            return
+        now = time.monotonic()
+        if done != total and now - self.last < 0.1:
+            return
+        self.last = now
+        filled = self.width * done // total
+        rate = done / max(now - self.start, 1e-9)
+        end = "\n" if done == total else ""
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} machines, {failed} failed,"
+            f" {rate:.1f}/s{end}"
+        )
+        self.stream.flush()
+
+
+def register(sub: Any, add_source_args: Callable[..., None]) -> tuple[str, Callable[[argparse.Namespace], int]]:
+    """``p2pdma fleet`` (cli.EXTENSION_MODULES)."""
+    from p2pdma.p2p.decide import DEFAULT_PROFILE, KERNEL_PROFILES
+
+    f = sub.add_parser("fleet", help="analyse many captures: per machine, topology groups, outliers, causes")
+    f.add_argument("captures", metavar="DIR_OR_GLOB", help="a directory of captures / hwloc XML files, or a glob")
+    f.add_argument("--engine", choices=ENGINES, default=None,
+                   help="pool (default: local processes), dask (a local cluster, or --scheduler), serial")
+    f.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: CPU count)")
+    f.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (tcp://host:8786); implies dask")
+    f.add_argument("--kernel", choices=KERNEL_PROFILES, default=DEFAULT_PROFILE,
+                   help="kernel rules: latest (per-port ACS decision, HMAT) or classic (6.x)")
+    f.add_argument("--json", action="store_true", help="print one p2pdma.fleet/1 JSON document")
+    return "fleet", cmd_fleet
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """Run the fleet; exit 0 when the run completes (failed machines are rows, counted in the summary)."""
+    engine = args.engine or ("dask" if args.scheduler else "pool")
+    if args.scheduler and engine != "dask":
+        raise InputError("--scheduler needs --engine dask")
+    if args.workers is not None and args.workers < 1:
+        raise InputError("--workers must be at least 1")
+    tasks = find_tasks(args.captures)
+    bar = ProgressBar()
+    t0 = time.monotonic()
+    rows = run(tasks, args.kernel, engine, workers=args.workers, scheduler=args.scheduler, progress=bar)
+    elapsed = time.monotonic() - t0
+    rep = build_report(rows, args.kernel)
+    if args.json:
+        print(json.dumps(report_json(rep), indent=1))
+    else:
+        print(render_text(rep))
+    rate = len(tasks) / elapsed if elapsed > 0 else 0.0
+    print(
+        f"p2pdma: fleet: {summary_line(rep)}; {elapsed:.1f} s, {rate:.1f} machines/s on engine {engine}",
+        file=sys.stderr,
+    )
+    return 0
