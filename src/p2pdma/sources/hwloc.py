@@ -19,13 +19,12 @@ import re
 import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
-from xml.parsers import expat
 
 from p2pdma.errors import SourceError
 from p2pdma.pci import config as cfg
 from p2pdma.pci.ids import PciIds
 from p2pdma.pci.topology import BDF_RE, Cpu, RawFunction, Topology, build_topology, parse_bdf
+from p2pdma.sources import safexml
 
 MAX_XML = 64 << 20
 MAX_NESTING = 512
@@ -38,48 +37,10 @@ HOST_TO_PCI = "0-1"
 PCI_TO_PCI = "1-1"
 
 
-class _Refused(Exception):
-    """The XML uses a feature we refuse (entity declarations, internal DTD subset, deep nesting)."""
-
 
 def _parse_xml(data: bytes) -> ET.Element:
-    """Parse without entity expansion: any entity declaration or internal DTD subset is refused."""
-    builder = ET.TreeBuilder()
-    depth = 0
-    parser = expat.ParserCreate()
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-
-    def doctype(name: str, sysid: str | None, pubid: str | None, has_internal_subset: int) -> None:
-        if has_internal_subset:
-            raise _Refused("a DOCTYPE with an internal subset is not allowed")
-
-    def entity(*_: Any) -> None:
-        raise _Refused("XML entity declarations are not allowed")
-
-    def external(*_: Any) -> int:
-        raise _Refused("external XML entities are not allowed")
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        nonlocal depth
-        depth += 1
-        if depth > MAX_NESTING:
-            raise _Refused(f"elements nested deeper than {MAX_NESTING}")
-        builder.start(tag, attrs)
-
-    def end(tag: str) -> None:
-        nonlocal depth
-        depth -= 1
-        builder.end(tag)
-
-    parser.StartDoctypeDeclHandler = doctype
-    parser.EntityDeclHandler = entity
-    parser.UnparsedEntityDeclHandler = entity
-    parser.ExternalEntityRefHandler = external
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.Parse(data, True)
-    root: ET.Element = builder.close()
-    return root
+    """Parse with the shared untrusted-XML rules (see p2pdma.sources.safexml)."""
+    return safexml.parse(data, max_nesting=MAX_NESTING, allow_plain_doctype=True, what="hwloc XML")
 
 
 def _bitmap_single(text: str | None) -> int | None:
@@ -209,9 +170,9 @@ def parse_hwloc(data: bytes, *, name: str, where: str = "hwloc XML") -> Topology
     hostile, or without PCI objects."""
     try:
         top = _parse_xml(data)
-    except _Refused as exc:
+    except safexml.XmlRefused as exc:
         raise SourceError(f"{where}: refused: {exc}") from None
-    except expat.ExpatError as exc:
+    except safexml.ExpatError as exc:
         raise SourceError(f"{where}: not well-formed XML ({exc})") from None
     if top.tag != "topology":
         raise SourceError(f"{where}: not an hwloc topology (root element <{top.tag[:40]}>)")

@@ -18,60 +18,22 @@ import os
 import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
-from xml.parsers import expat
 
 from p2pdma.errors import SourceError
 from p2pdma.pci import config as cfg
 from p2pdma.pci.ids import PciIds
 from p2pdma.pci.topology import BDF_RE, Cpu, RawFunction, Topology, build_topology, format_bdf, parse_bdf
+from p2pdma.sources import safexml
 
 MAX_XML = 16 << 20
 MAX_NESTING = 256
 SYNTH_DOMAIN = 0xFFFF0000
 
 
-class _Refused(Exception):
-    """A construct we refuse (DOCTYPE, entities, deep nesting)."""
-
 
 def _parse(data: bytes) -> ET.Element:
-    """Parse without any DTD: DOCTYPE and entity declarations are refused outright."""
-    builder = ET.TreeBuilder()
-    depth = 0
-    parser = expat.ParserCreate()
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-
-    def doctype(*_: Any) -> None:
-        raise _Refused("a DOCTYPE is not allowed in an NCCL topology")
-
-    def entity(*_: Any) -> None:
-        raise _Refused("XML entity declarations are not allowed")
-
-    def external(*_: Any) -> int:
-        raise _Refused("external XML entities are not allowed")
-
-    def start(tag: str, attrs: dict[str, str]) -> None:
-        nonlocal depth
-        depth += 1
-        if depth > MAX_NESTING:
-            raise _Refused(f"elements nested deeper than {MAX_NESTING}")
-        builder.start(tag, attrs)
-
-    def end(tag: str) -> None:
-        nonlocal depth
-        depth -= 1
-        builder.end(tag)
-
-    parser.StartDoctypeDeclHandler = doctype
-    parser.EntityDeclHandler = entity
-    parser.UnparsedEntityDeclHandler = entity
-    parser.ExternalEntityRefHandler = external
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.Parse(data, True)
-    root: ET.Element = builder.close()
-    return root
+    """Parse with the shared untrusted-XML rules (see p2pdma.sources.safexml)."""
+    return safexml.parse(data, max_nesting=MAX_NESTING, allow_plain_doctype=False, what="an NCCL topology")
 
 
 def _hex(text: str | None) -> int | None:
@@ -185,9 +147,9 @@ def parse_nccl_xml(data: bytes, *, name: str, where: str = "NCCL XML") -> Topolo
     """The Topology of an NCCL topology XML document; SourceError (one line) when malformed or empty."""
     try:
         top = _parse(data)
-    except _Refused as exc:
+    except safexml.XmlRefused as exc:
         raise SourceError(f"{where}: refused: {exc}") from None
-    except expat.ExpatError as exc:
+    except safexml.ExpatError as exc:
         raise SourceError(f"{where}: not well-formed XML ({exc})") from None
     if top.tag != "system":
         raise SourceError(f"{where}: not an NCCL topology (root element <{top.tag[:40]}>, expected <system>)")
