@@ -28,6 +28,7 @@ import tarfile
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, cast
 
 try:  # optional in minimal Python builds: the capture works without them (gzip or plain tar)
@@ -106,12 +107,10 @@ def _split(rel: str) -> list[str]:
     return [p for p in rel.split("/") if p not in ("", ".")]
 
 
-def resolve_chroot(root: str, rel: str) -> str:
-    """Resolve ``rel`` inside ``root`` following links as if ``root`` were ``/``.
-
-    Returns the root-relative path without links; raises _Escape when ``..`` climbs above the
-    root or links loop. Same rules as sources.sysfs.resolve_in_root(), without its imports.
-    """
+def _resolve(rel: str, readlink: Callable[[str], str | None]) -> str:
+    """Follow links chroot-style, asking ``readlink(root-relative path)`` for a link's target (None:
+    not a link). An absolute target restarts at the root; ``..`` above the root or a loop raises
+    _Escape. The same rules as sources.sysfs.resolve_in_root(), without its imports."""
     parts = _split(rel)
     done: list[str] = []
     hops = 0
@@ -122,23 +121,32 @@ def resolve_chroot(root: str, rel: str) -> str:
                 raise _Escape(rel)
             done.pop()
             continue
-        cand = os.path.join(root, *done, part)
-        try:
-            st = os.lstat(cand)
-        except OSError:
-            done.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode):
+        target = readlink("/".join([*done, part]))
+        if target is not None:
             hops += 1
             if hops > MAX_LINK_HOPS:
                 raise _Escape(rel)
-            target = os.readlink(cand)
             if target.startswith("/"):
                 done = []
             parts = _split(target) + parts
             continue
         done.append(part)
     return "/".join(done)
+
+
+def resolve_chroot(root: str, rel: str) -> str:
+    """Resolve ``rel`` inside the directory ``root`` as if ``root`` were ``/``."""
+
+    def readlink(path: str) -> str | None:
+        cand = os.path.join(root, path)
+        try:
+            if stat.S_ISLNK(os.lstat(cand).st_mode):
+                return os.readlink(cand)
+        except OSError:
+            pass
+        return None
+
+    return _resolve(rel, readlink)
 
 
 def _relative_link(link_rel: str, target_rel: str) -> str:
@@ -584,26 +592,8 @@ def _clean_name(raw_name: str) -> str:
 
 
 def _virtual_resolve(links: dict[str, str], rel: str) -> str:
-    """Resolve ``rel`` through the archive's own links; _Escape when it climbs above the root."""
-    parts = _split(rel)
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if not done:
-                raise _Escape(rel)
-            done.pop()
-            continue
-        cand = "/".join([*done, part])
-        if cand in links:
-            hops += 1
-            if hops > MAX_LINK_HOPS:
-                raise _Escape(rel)
-            parts = _split(links[cand]) + parts
-            continue
-        done.append(part)
-    return "/".join(done)
+    """Resolve ``rel`` through the archive's own links (absolute targets restart at its root)."""
+    return _resolve(rel, links.get)
 
 
 def validate_members(tf: tarfile.TarFile) -> list[tuple[str, tarfile.TarInfo]]:
