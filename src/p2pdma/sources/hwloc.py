@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from p2pdma.errors import SourceError
 from p2pdma.pci import config as cfg
@@ -208,15 +206,5 @@ def parse_hwloc(data: bytes, *, name: str, where: str = "hwloc XML") -> Topology
 
 def read_hwloc(path: str | os.PathLike[str]) -> Topology:
     """Read an hwloc XML file (``--hwloc FILE.xml``); SourceError with one line on any trouble."""
-    p = Path(path)
-    try:
-        if not stat.S_ISREG(os.stat(p).st_mode):
-            raise SourceError(f"{p}: not a regular file")
-        with open(p, "rb") as f:
-            data = f.read(MAX_XML + 1)
-    except OSError as exc:
-        raise SourceError(f"{p}: {exc.strerror or exc}", exc.errno) from None
-    if len(data) > MAX_XML:
-        raise SourceError(f"{p}: larger than {MAX_XML} bytes")
-    stem = p.name[:-4] if p.name.lower().endswith(".xml") else p.name
-    return parse_hwloc(data, name=stem, where=str(p))
+    data, stem = safexml.read_capped(path, MAX_XML)
+    return parse_hwloc(data, name=stem, where=str(path))

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import stat
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 from p2pdma.errors import SourceError
 from p2pdma.pci import config as cfg
@@ -178,18 +176,8 @@ def parse_nccl_xml(data: bytes, *, name: str, where: str = "NCCL XML") -> Topolo
 
 def read_nccl_xml(path: str | os.PathLike[str]) -> Topology:
     """Read an NCCL topology XML file (``--nccl-xml FILE``); SourceError with one line on any trouble."""
-    p = Path(path)
-    try:
-        if not stat.S_ISREG(os.stat(p).st_mode):
-            raise SourceError(f"{p}: not a regular file")
-        with open(p, "rb") as f:
-            data = f.read(MAX_XML + 1)
-    except OSError as exc:
-        raise SourceError(f"{p}: {exc.strerror or exc}", exc.errno) from None
-    if len(data) > MAX_XML:
-        raise SourceError(f"{p}: larger than {MAX_XML} bytes")
-    stem = p.name[:-4] if p.name.lower().endswith(".xml") else p.name
-    return parse_nccl_xml(data, name=stem, where=str(p))
+    data, stem = safexml.read_capped(path, MAX_XML)
+    return parse_nccl_xml(data, name=stem, where=str(path))
 
 
 __all__ = ["cpu_family", "parse_nccl_xml", "read_nccl_xml"]
