@@ -22,7 +22,7 @@ from p2pdma.errors import SourceError
 from p2pdma.pci import config as cfg
 from p2pdma.pci.ids import PciIds
 from p2pdma.pci.topology import BDF_RE, Cpu, RawFunction, Topology, build_topology, parse_bdf
-from p2pdma.sources import safexml
+from p2pdma.sources import files, safexml
 
 MAX_XML = 64 << 20
 MAX_NESTING = 512
@@ -206,5 +206,5 @@ def parse_hwloc(data: bytes, *, name: str, where: str = "hwloc XML") -> Topology
 
 def read_hwloc(path: str | os.PathLike[str]) -> Topology:
     """Read an hwloc XML file (``--hwloc FILE.xml``); SourceError with one line on any trouble."""
-    data, stem = safexml.read_capped(path, MAX_XML)
+    data, stem = files.read_capped(path, MAX_XML)
     return parse_hwloc(data, name=stem, where=str(path))

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import stat
 from pathlib import Path
 
 from p2pdma.errors import SourceError
 from p2pdma.pci import config as cfg
 from p2pdma.pci.ids import PciIds
 from p2pdma.pci.topology import RawFunction, Topology, build_topology, format_bdf
+from p2pdma.sources import files
 
 MAX_DUMP = 64 << 20
 MAX_FUNCTIONS = 65536
@@ -176,15 +176,7 @@ def topology_from_dump(text: str, *, name: str, where: str = "lspci dump") -> To
 def read_lspci(path: str | os.PathLike[str]) -> Topology:
     """Read an ``lspci -xxxx`` dump file (``--lspci FILE``); SourceError with one line on any trouble."""
     p = Path(path)
-    try:
-        if not stat.S_ISREG(os.stat(p).st_mode):
-            raise SourceError(f"{p}: not a regular file")
-        with open(p, "rb") as f:
-            data = f.read(MAX_DUMP + 1)
-    except OSError as exc:
-        raise SourceError(f"{p}: {exc.strerror or exc}", exc.errno) from None
-    if len(data) > MAX_DUMP:
-        raise SourceError(f"{p}: larger than {MAX_DUMP} bytes")
+    data, _ = files.read_capped(p, MAX_DUMP)
     if b"\0" in data:
         raise SourceError(f"{p}: binary data, not an lspci dump")
     return topology_from_dump(data.decode("utf-8", "replace"), name=p.stem, where=str(p))

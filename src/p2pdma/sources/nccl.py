@@ -21,7 +21,7 @@ from p2pdma.errors import SourceError
 from p2pdma.pci import config as cfg
 from p2pdma.pci.ids import PciIds
 from p2pdma.pci.topology import BDF_RE, Cpu, RawFunction, Topology, build_topology, format_bdf, parse_bdf
-from p2pdma.sources import safexml
+from p2pdma.sources import files, safexml
 
 MAX_XML = 16 << 20
 MAX_NESTING = 256
@@ -176,7 +176,7 @@ def parse_nccl_xml(data: bytes, *, name: str, where: str = "NCCL XML") -> Topolo
 
 def read_nccl_xml(path: str | os.PathLike[str]) -> Topology:
     """Read an NCCL topology XML file (``--nccl-xml FILE``); SourceError with one line on any trouble."""
-    data, stem = safexml.read_capped(path, MAX_XML)
+    data, stem = files.read_capped(path, MAX_XML)
     return parse_nccl_xml(data, name=stem, where=str(path))
 
 

@@ -3,14 +3,9 @@ no internal DTD subset, and a nesting limit, building an ElementTree."""
 
 from __future__ import annotations
 
-import os
-import stat
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any
 from xml.parsers import expat
-
-from p2pdma.errors import SourceError
 
 ExpatError = expat.ExpatError
 
@@ -61,18 +56,3 @@ def parse(data: bytes, *, max_nesting: int, allow_plain_doctype: bool, what: str
     root: ET.Element = builder.close()
     return root
 
-
-def read_capped(path: str | os.PathLike[str], limit: int) -> tuple[bytes, str]:
-    """Read a regular file of at most ``limit`` bytes; returns (data, stem without .xml).
-    SourceError with one line for anything else."""
-    p = Path(path)
-    try:
-        if not stat.S_ISREG(os.stat(p).st_mode):
-            raise SourceError(f"{p}: not a regular file")
-        with open(p, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise SourceError(f"{p}: {exc.strerror or exc}", exc.errno) from None
-    if len(data) > limit:
-        raise SourceError(f"{p}: larger than {limit} bytes")
-    return data, (p.name[:-4] if p.name.lower().endswith(".xml") else p.name)
