@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from p2pdma.cli import main
+from p2pdma.cli.fleet import ProgressBar
 from p2pdma.fleet.analyse import MachineResult, analyse_machine, cause_counts, topology_fingerprint
-from p2pdma.fleet.command import ProgressBar, find_tasks
+from p2pdma.fleet.discover import find_tasks
 from p2pdma.fleet.engines import Task, run
 from p2pdma.fleet.report import build_report, report_json
 from p2pdma.fleet.synth import write_fleet

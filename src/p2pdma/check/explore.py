@@ -6,7 +6,6 @@ when symmetry reduction is on). Bounds on states and depth are reported, never s
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -247,9 +246,3 @@ def replay(spec: ModelSpec, labels: list[str]) -> list[Step]:
         steps.append(Step(n, label, _diff(before, after)))
         before = after
     return steps
-
-
-def stderr_progress(states: int, depth: int, seconds: float) -> None:
-    """A progress line on stderr for long runs."""
-    print(f"\rchecking: {states} states, depth {depth}, {states / max(seconds, 1e-9):,.0f} states/s",
-          end="", file=sys.stderr, flush=True)

@@ -480,29 +480,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def register(sub: Any, add_source_args: Callable[..., None]) -> tuple[str, Callable[[argparse.Namespace], int]]:
-    """The ``p2pdma capture OUT [--source-root DIR]`` command (cli.EXTENSION_MODULES)."""
-    c = sub.add_parser("capture", help="save what the verdict reads (sysfs, procfs) as one archive")
-    c.add_argument("out", metavar="OUT.tar.gz", help="archive to write (.tar.gz, .tar, .tar.bz2, .tar.xz)")
-    c.add_argument("--source-root", metavar="DIR", default="/", help="root to capture (default: the live /)")
-    c.add_argument("--json", action="store_true", help="print the capture's manifest as JSON")
-    return "capture", _cmd_capture
-
-
-def _cmd_capture(args: argparse.Namespace) -> int:
-    from p2pdma.errors import InputError
-
-    try:
-        manifest = capture(args.out, args.source_root)
-    except CaptureError as exc:
-        raise InputError(str(exc)) from None
-    if args.json:
-        print(json.dumps(manifest, indent=1, sort_keys=True))
-    for line in describe(manifest, args.out):
-        print(f"p2pdma: {line}", file=sys.stderr)
-    return 0
-
-
 # --------------------------------------------------------------------------------------------
 # Loading (safe against hostile archives)
 # --------------------------------------------------------------------------------------------

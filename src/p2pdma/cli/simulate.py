@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from p2pdma.cli.common import add_source_args, load_topology, machine_source
 from p2pdma.errors import InputError
 
 if TYPE_CHECKING:  # the model loads only when the command runs, not for every p2pdma command
@@ -19,8 +19,8 @@ if TYPE_CHECKING:  # the model loads only when the command runs, not for every p
 DEFAULT_SCENARIO = "seed-story"
 
 
-def register(sub: Any, add_source_args: Callable[..., None]) -> tuple[str, Callable[[argparse.Namespace], int]]:
-    """``p2pdma simulate`` (cli.EXTENSION_MODULES)."""
+def add_parser(sub: Any) -> None:
+    """Register ``simulate``."""
     p = sub.add_parser("simulate", help="run a scenario (exports, imports, DMA, resets) on the run-time model",
                        description="Run a scenario on the run-time model: a timeline of every step and a "
                                    "summary. Exit 0 without violations, 1 with, 2 on bad input.")
@@ -28,8 +28,7 @@ def register(sub: Any, add_source_args: Callable[..., None]) -> tuple[str, Calla
                    help=f"a scenario YAML file or a bundled scenario (default: {DEFAULT_SCENARIO})")
     p.add_argument("--list", action="store_true", help="list the bundled scenarios")
     add_source_args(p)
-    p.set_defaults(kernel=None)  # the scenario's kernel unless --kernel is given
-    return "simulate", cmd_simulate
+    p.set_defaults(kernel=None, handler=cmd_simulate)  # the scenario's kernel unless --kernel is given
 
 
 def _scenario(arg: str | None) -> S.Scenario:
@@ -50,27 +49,13 @@ def _scenario(arg: str | None) -> S.Scenario:
 def _machine(sc: S.Scenario, args: argparse.Namespace) -> Topology:
     """The machine: --root/--example/--spec (and other sources) when given, else the scenario's,
     else the default example."""
-    from p2pdma import examples
-    from p2pdma.cli import SOURCE_EXTENSIONS, load_topology
     from p2pdma.model import scenario as S
+    from p2pdma.sources import open_mapping
 
-    given = any(getattr(args, o, None) for o in ("root", "example", "spec")) or any(
-        getattr(args, opt.lstrip("-").replace("-", "_"), None) for opt, *_ in SOURCE_EXTENSIONS)
-    if given:
+    if machine_source(args)[0] is not None:
         return load_topology(args)
-    m = sc.machine
-    if m is None:
-        return examples.load(S.DEFAULT_MACHINE)
-    if isinstance(m, str):
-        return examples.load(m)
-    (kind, value), = m.items()
     base = Path(sc.source).parent if Path(sc.source).exists() else Path(".")
-    ns = argparse.Namespace(root=None, example=None, spec=None)
-    if kind == "example":
-        ns.example = value
-    else:
-        setattr(ns, kind, str(base / value))
-    return load_topology(ns)
+    return open_mapping(sc.machine, base=base, default_example=S.DEFAULT_MACHINE)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -139,4 +124,4 @@ def render(res: S.RunResult) -> str:
     return "\n".join(out)
 
 
-__all__ = ["register", "cmd_simulate", "render"]
+__all__ = ["add_parser", "cmd_simulate", "render"]

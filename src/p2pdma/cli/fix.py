@@ -9,53 +9,40 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from p2pdma.cli.common import add_source_args, load_topology, machine_source, warn
 from p2pdma.errors import InputError
-from p2pdma.p2p.fix import (
-    ALREADY_THRU_HOST,
-    CONFIG_ACS_NOTE,
-    DISABLE_REDIR_NOTE,
-    NO_ACS_HELP,
-    REDIRECT_BITS,
-    SETPCI_NOTE,
-    FixPlan,
-    apply_acs_ctrl,
-    config_acs_mask,
-    plan_fix,
-)
-from p2pdma.p2p.groups import Groups, Merge, compare_with_kernel, iommu_groups, merges
-from p2pdma.pci import config as cfg
-from p2pdma.pci.topology import Topology
+
+if TYPE_CHECKING:
+    from p2pdma.p2p.fix import FixPlan
+    from p2pdma.p2p.groups import Groups, Merge
+    from p2pdma.pci.topology import Topology
 
 FIX_SCHEMA = "p2pdma.fix/1"
 MAX_LISTED = 24
-Handler = Callable[[argparse.Namespace], int]
 
 
-def register(subparsers: Any, add_source_args: Callable[[argparse.ArgumentParser], None]) -> tuple[str, Handler]:
-    """Add the ``fix`` subcommand; returns its name and handler (see EXTENSION_MODULES)."""
+def add_parser(subparsers: Any) -> None:
+    """Register ``fix``."""
     p = subparsers.add_parser(
         "fix", help="the smallest ACS change making pairs BUS_ADDR, how to apply it, its IOMMU-group cost"
     )
     p.add_argument("devices", nargs="*", metavar="BDF", help="two or more functions (every ordered pair)")
     p.add_argument("--all-pairs", action="store_true", help="every pair of non-bridge functions")
     add_source_args(p)
-    return "fix", cmd_fix
+    p.set_defaults(handler=cmd_fix)
 
 
 def _root_of(args: argparse.Namespace) -> Path | None:
     """The sysfs root (directory or archive) the machine came from, when it came from one."""
-    if args.root:
-        return Path(args.root)
-    from p2pdma.cli import SOURCE_EXTENSIONS
-
-    others = [getattr(args, o.lstrip("-").replace("-", "_"), None) for o, _, _, _ in SOURCE_EXTENSIONS]
-    if args.example or args.spec or any(others):
-        return None
-    return Path("/")
+    kind, value = machine_source(args)
+    if kind is None:
+        return Path("/")
+    if kind == "root" and value:
+        return Path(value)
+    return None
 
 
 def _select(topo: Topology, args: argparse.Namespace) -> list[str]:
@@ -86,6 +73,16 @@ def _merge_json(ms: list[Merge]) -> list[dict[str, Any]]:
 
 def fix_document(plan: FixPlan, root: Path | None) -> dict[str, Any]:
     """The ``p2pdma.fix/1`` document for a plan (also what the text output prints)."""
+    from p2pdma.p2p.fix import (
+        CONFIG_ACS_NOTE,
+        DISABLE_REDIR_NOTE,
+        REDIRECT_BITS,
+        SETPCI_NOTE,
+        apply_acs_ctrl,
+        config_acs_mask,
+    )
+    from p2pdma.p2p.groups import compare_with_kernel, iommu_groups, merges
+    from p2pdma.pci import config as cfg
     from p2pdma.sources.iommu import guest_facts, iommu_from_topology, mapping_text, read_iommu
 
     topo = plan.topo
@@ -176,6 +173,8 @@ def _unfixable(plan: FixPlan) -> list[dict[str, Any]]:
 
 
 def _no_acs_help(plan: FixPlan) -> str | None:
+    from p2pdma.p2p.fix import ALREADY_THRU_HOST, NO_ACS_HELP
+
     stuck = plan.unfixable
     if not stuck:
         return None
@@ -192,6 +191,8 @@ def _listed(items: list[str]) -> list[str]:
 
 def render_fix(plan: FixPlan, doc: dict[str, Any]) -> str:
     """The text form of a fix document."""
+    from p2pdma.pci import config as cfg
+
     s = doc["summary"]
     lines = [
         f"machine: {doc['machine']}   kernel rules: {doc['kernel']}   functions: {len(doc['devices'])}"
@@ -272,10 +273,10 @@ def render_fix(plan: FixPlan, doc: dict[str, Any]) -> str:
 
 def cmd_fix(args: argparse.Namespace) -> int:
     """Plan the change for the chosen pairs and print it (text or ``p2pdma.fix/1``)."""
-    from p2pdma.cli import _warn, load_topology
+    from p2pdma.p2p.fix import plan_fix
 
     topo = load_topology(args)
-    _warn(topo)
+    warn(topo)
     selected = _select(topo, args)
     plan = plan_fix(topo, selected, args.kernel)
     doc = fix_document(plan, _root_of(args))
@@ -286,4 +287,4 @@ def cmd_fix(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["FIX_SCHEMA", "cmd_fix", "fix_document", "register", "render_fix"]
+__all__ = ["FIX_SCHEMA", "add_parser", "cmd_fix", "fix_document", "render_fix"]

@@ -6,32 +6,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from p2pdma.check.explore import Result, check, stderr_progress
-from p2pdma.check.invariants import INVARIANTS
-from p2pdma.check.models import BUNDLED, load_model
 from p2pdma.errors import InputError
 
+if TYPE_CHECKING:
+    from p2pdma.check.explore import Result
 
-def register(sub: Any, add_source_args: Callable[[argparse.ArgumentParser], None]) -> tuple[str, Any]:
-    """Add the ``check`` command to the CLI."""
-    names = ", ".join(BUNDLED)
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``check``."""
     p = sub.add_parser("check", help="explore every interleaving of a model; prove the lifetime rules or "
                                       "print the shortest trace that breaks one")
-    p.add_argument("model", nargs="?", help=f"a bundled model ({names}) or a model .yaml file")
+    p.add_argument("model", nargs="?", help="a bundled model (see `p2pdma check --list`) or a model .yaml file")
     p.add_argument("--importers", type=int, metavar="N", help="number of importers (models that have them)")
     p.add_argument("--max-states", type=int, default=500_000, metavar="N", help="stop after N states (reported)")
     p.add_argument("--max-depth", type=int, default=200, metavar="N", help="explore at most N steps deep")
     p.add_argument("--no-symmetry", action="store_true", help="turn off symmetry reduction of importers")
     p.add_argument("--list", action="store_true", help="list the bundled models and the invariants")
     p.add_argument("--json", action="store_true", help="print one p2pdma.check/1 JSON document")
-    return "check", run
+    p.set_defaults(handler=run)
 
 
 def render(r: Result) -> str:
     """The verdict as text: what was proved or the numbered trace."""
+    from p2pdma.check.invariants import INVARIANTS
+
     lines = []
     scope = "" if r.complete else f" (bound reached: {r.bound}; not a proof beyond it)"
     if r.verdict == "holds":
@@ -50,8 +51,18 @@ def render(r: Result) -> str:
     return "\n".join(lines)
 
 
+def stderr_progress(states: int, depth: int, seconds: float) -> None:
+    """A progress line on stderr for long runs."""
+    print(f"\rchecking: {states} states, depth {depth}, {states / max(seconds, 1e-9):,.0f} states/s",
+          end="", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Handler of ``p2pdma check``."""
+    from p2pdma.check.explore import check
+    from p2pdma.check.invariants import INVARIANTS
+    from p2pdma.check.models import BUNDLED, load_model
+
     if args.list or not args.model:
         if not args.model and not args.list:
             raise InputError("name a model (see `p2pdma check --list`)")

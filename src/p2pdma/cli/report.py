@@ -5,35 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from p2pdma.cli.common import add_source_args, load_topology, warn
 from p2pdma.errors import InputError
-from p2pdma.p2p.matrix import compute_matrix
 
 REPORT_SCHEMA = "p2pdma.report/1"
 
-Handler = Callable[[argparse.Namespace], int]
 
 
-def register(subparsers: Any, add_source_args: Callable[[argparse.ArgumentParser], None]) -> tuple[str, Handler]:
-    """Add the ``report`` subcommand; returns its name and handler (see EXTENSION_MODULES)."""
+def add_parser(subparsers: Any) -> None:
+    """Register ``report``."""
     p = subparsers.add_parser(
         "report", help="one self-contained HTML file: PCI tree, P2P heat map, each pair's reason and fix"
     )
     p.add_argument("out", metavar="OUT.html", help="where to write the report ('-' for stdout)")
     add_source_args(p)
-    return "report", cmd_report
+    p.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the report; print where it went (``--json``: a ``p2pdma.report/1`` summary)."""
-    from p2pdma.cli import _warn, load_topology
+    from p2pdma.p2p.matrix import compute_matrix
     from p2pdma.report.html import render_html
 
     topo = load_topology(args)
-    _warn(topo)
+    warn(topo)
     mat = compute_matrix(topo, args.kernel)
     page = render_html(topo, args.kernel, mat)
     data = page.encode("utf-8")
@@ -63,4 +61,4 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["REPORT_SCHEMA", "cmd_report", "register"]
+__all__ = ["REPORT_SCHEMA", "add_parser", "cmd_report"]

@@ -4,42 +4,15 @@ print the fleet table or the ``p2pdma.fleet/1`` JSON document."""
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from p2pdma.errors import InputError
-from p2pdma.fleet.engines import ENGINES, Task, run
-from p2pdma.fleet.report import build_report, render_text, report_json, summary_line
 
-FLEET_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".xml")
-
-
-def _machine_name(path: str) -> str:
-    from p2pdma.sources.capture import machine_name
-
-    return machine_name(path)
-
-
-def find_tasks(spec: str) -> list[Task]:
-    """The machines named by a directory (its capture and hwloc XML files, not recursing) or a glob
-    (every regular file it matches), sorted by path."""
-    if os.path.isdir(spec):
-        paths = [
-            os.path.join(spec, e)
-            for e in os.listdir(spec)
-            if e.lower().endswith(FLEET_SUFFIXES) and os.path.isfile(os.path.join(spec, e))
-        ]
-    else:
-        paths = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
-    if not paths:
-        raise InputError(f"{spec}: no captures (.tar.gz, .tgz, .tar, .tar.bz2, .tar.xz, .xml) found")
-    return [Task(_machine_name(p), p) for p in sorted(paths)]
-
+# The engines, for --help without importing the fleet (a test keeps it equal to fleet.engines.ENGINES).
+ENGINE_NAMES = ("pool", "dask", "serial")
 
 class ProgressBar:
     """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
@@ -68,24 +41,28 @@ class ProgressBar:
         self.stream.flush()
 
 
-def register(sub: Any, add_source_args: Callable[..., None]) -> tuple[str, Callable[[argparse.Namespace], int]]:
-    """``p2pdma fleet`` (cli.EXTENSION_MODULES)."""
+def add_parser(sub: Any) -> None:
+    """Register ``fleet``."""
     from p2pdma.p2p.decide import DEFAULT_PROFILE, KERNEL_PROFILES
 
     f = sub.add_parser("fleet", help="analyse many captures: per machine, topology groups, outliers, causes")
     f.add_argument("captures", metavar="DIR_OR_GLOB", help="a directory of captures / hwloc XML files, or a glob")
-    f.add_argument("--engine", choices=ENGINES, default=None,
+    f.add_argument("--engine", choices=ENGINE_NAMES, default=None,
                    help="pool (default: local processes), dask (a local cluster, or --scheduler), serial")
     f.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: CPU count)")
     f.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (tcp://host:8786); implies dask")
     f.add_argument("--kernel", choices=KERNEL_PROFILES, default=DEFAULT_PROFILE,
                    help="kernel rules: latest (per-port ACS decision, HMAT) or classic (6.x)")
     f.add_argument("--json", action="store_true", help="print one p2pdma.fleet/1 JSON document")
-    return "fleet", cmd_fleet
+    f.set_defaults(handler=cmd_fleet)
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     """Run the fleet; exit 0 when the run completes (failed machines are rows, counted in the summary)."""
+    from p2pdma.fleet.discover import find_tasks
+    from p2pdma.fleet.engines import run
+    from p2pdma.fleet.report import build_report, render_text, report_json, summary_line
+
     engine = args.engine or ("dask" if args.scheduler else "pool")
     if args.scheduler and engine != "dask":
         raise InputError("--scheduler needs --engine dask")

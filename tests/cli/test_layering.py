@@ -1,0 +1,80 @@
+"""The command line lives in p2pdma.cli alone: library packages import no argparse, never import the
+CLI, and write nothing to stdout or stderr (issue 13)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import p2pdma
+
+PKG = Path(p2pdma.__file__).parent
+# The stand-alone capture script is copied to machines without p2pdma: its own main() is its face.
+STANDALONE = {"sources/capture.py"}
+
+
+def _library_modules() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py") if p.relative_to(PKG).parts[0] not in ("cli", "__main__.py"))
+
+
+def _offences(path: Path) -> list[str]:
+    rel = path.relative_to(PKG).as_posix()
+    tree = ast.parse(path.read_text(), filename=rel)
+    out: list[str] = []
+    standalone_main = set()
+    if rel in STANDALONE:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "main":
+                standalone_main |= {id(n) for n in ast.walk(node)}
+    for node in ast.walk(tree):
+        where = f"{rel}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [node.module or ""]
+        else:
+            names = []
+        for n in names:
+            if n == "argparse" and rel not in STANDALONE:
+                out.append(f"{where}: imports argparse")
+            if n == "p2pdma.cli" or n.startswith("p2pdma.cli."):
+                out.append(f"{where}: imports the CLI")
+        if id(node) in standalone_main:
+            continue
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            out.append(f"{where}: calls print()")
+        if (isinstance(node, ast.Attribute) and node.attr in ("stdout", "stderr")
+                and isinstance(node.value, ast.Name) and node.value.id == "sys"):
+            out.append(f"{where}: uses sys.{node.attr}")
+    return out
+
+
+def test_library_packages_are_quiet_and_cli_free() -> None:
+    mods = _library_modules()
+    assert len(mods) > 30, "the walk found the package"
+    offences = [o for m in mods for o in _offences(m)]
+    assert offences == []
+
+
+def test_the_walk_catches_an_offence(tmp_path: Path) -> None:
+    bad = PKG / "report" / "_offence_probe.py"
+    bad.write_text("import argparse\nimport sys\nfrom p2pdma.cli import main\nprint(1)\nsys.stderr.write('x')\n")
+    try:
+        got = _offences(bad)
+    finally:
+        bad.unlink()
+    assert len(got) == 4
+
+
+def test_no_registry_by_strings() -> None:
+    """Only optional third-party packages (Dask, the [dask] extra) load by name; no p2pdma module does."""
+    by_name: list[str] = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                    "import_module", "__import__"):
+                arg = node.args[0] if node.args else None
+                name = arg.value if isinstance(arg, ast.Constant) else "<computed>"
+                by_name.append(f"{path.relative_to(PKG).as_posix()}:{name}")
+    assert by_name, "the walk sees the Dask import"
+    assert [x for x in by_name if not x.split(":")[1].startswith(("distributed", "dask"))] == []
