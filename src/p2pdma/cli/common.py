@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2pdma.errors import InputError
-from p2pdma.pci.topology import Device, Topology
+
+if TYPE_CHECKING:
+    from p2pdma.pci.topology import Device, Topology
 
 MAX_WARNINGS = 8
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from p2pdma.cli.common import add_source_args, device_json, load_topology, matrix_progress, warn
-from p2pdma.pci.topology import Topology
+
+if TYPE_CHECKING:
+    from p2pdma.pci.topology import Topology
 
 MATRIX_SCHEMA = "p2pdma.matrix/1"
 
