@@ -78,3 +78,17 @@ def test_no_registry_by_strings() -> None:
                 by_name.append(f"{path.relative_to(PKG).as_posix()}:{name}")
     assert by_name, "the walk sees the Dask import"
     assert [x for x in by_name if not x.split(":")[1].startswith(("distributed", "dask"))] == []
+
+
+def test_streamed_matrix_json_is_the_document() -> None:
+    import io
+    import json
+
+    from p2pdma import examples
+    from p2pdma.cli.matrix import matrix_document, write_matrix_json
+
+    topo = examples.load("acs-redirect")
+    buf = io.StringIO()
+    write_matrix_json(topo, "latest", False, buf)
+    assert buf.getvalue() == json.dumps(matrix_document(topo, "latest", False)) + "\n"
+    assert len(json.loads(buf.getvalue())["pairs"]) == len(topo.endpoints) ** 2

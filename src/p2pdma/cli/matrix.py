@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING, Any
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
 
 from p2pdma.cli.common import add_source_args, device_json, load_topology, matrix_progress, warn
 
@@ -40,12 +41,30 @@ def matrix_document(topo: Topology, profile: str, include_bridges: bool = False)
     }
 
 
+def write_matrix_json(topo: Topology, profile: str, include_bridges: bool, out: TextIO) -> None:
+    """Stream the ``p2pdma.matrix/1`` document pair by pair: the same bytes as ``json.dumps(matrix_document())``
+    without holding every pair in memory."""
+    from p2pdma.p2p.matrix import compute_matrix
+
+    mat = compute_matrix(topo, profile, include_bridges=include_bridges, progress=matrix_progress)
+    head = {"schema": MATRIX_SCHEMA, "kernel": profile, "machine": topo.name,
+            "devices": [device_json(topo[b]) for b in mat.bdfs]}
+    out.write(json.dumps(head)[:-1] + ', "pairs": [')
+    n = len(mat.bdfs)
+    first = True
+    for i in range(n):
+        for j in range(n):
+            out.write(("" if first else ", ") + json.dumps(mat.verdict(i, j).to_json()))
+            first = False
+    out.write('], "warnings": ' + json.dumps(list(topo.warnings)) + "}\n")
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the table or the JSON document."""
     topo = load_topology(args)
     warn(topo)
     if args.json:
-        print(json.dumps(matrix_document(topo, args.kernel, args.all)))
+        write_matrix_json(topo, args.kernel, args.all, sys.stdout)
     else:
         from p2pdma.p2p.matrix import compute_matrix
         from p2pdma.report import text
