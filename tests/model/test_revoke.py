@@ -22,7 +22,7 @@ from tests.model.conftest import FAR, GPU, NIC, NVME, model_spec
 TOPO = parse_spec(model_spec()).topology()
 SIZE = 64 << 10
 DATA = pattern_bytes(1, SIZE)
-IMPORTERS = [("rdma", NIC), ("nvme", NVME), ("iommufd", FAR)]
+IMPORTERS = [("rdma", NIC), ("nvme-hypothetical", NVME), ("iommufd", FAR)]
 TRIGGERS: dict[str, Callable[[System], bool]] = {
     "decode-off": lambda s: V.vfio_set_memory(s, GPU, False),
     "reset": lambda s: V.vfio_reset(s, GPU),
@@ -155,23 +155,46 @@ def test_close_is_permanent() -> None:
 
 @pytest.mark.parametrize("trigger", list(TRIGGERS))
 def test_importer_that_ignores_invalidate_is_caught(trigger: str) -> None:
+    """7.2 (vfio_pci_dmabuf.c:vfio_pci_dma_buf_move(): kref_put() then wait_for_completion()): the
+    revoke stays blocked while the importer keeps its mapping; its DMA through the invalidated
+    mapping is the sanitizer's; only its unmap (here: release) lets the revoke complete."""
     s, buf, imps = setup(1, [("ignores-invalidate", NIC)])
-    assert TRIGGERS[trigger](s)
+    assert TRIGGERS[trigger](s) is False  # blocked in the ioctl / config write
+    v = V._st(s).devices[GPU]
+    assert not V.revoke_done(s, GPU) and v.busy is not None and v.busy.phase == "unmaps"
+    assert B.get_buf(s, buf).priv.kref == 1  # the creation reference dropped, one mapping left
     moved = dict(F.state(s).bytes_by_path)
-    got = dma(s, imps[0])  # through the mapping move_notify invalidated
+    got = dma(s, imps[0])  # through the mapping the invalidation revoked
     assert got == b"" and F.state(s).bytes_by_path == moved  # the access was not performed
     assert [v.kind for v in s.violations] == ["sanitizer"]
     assert "invalidated" in s.violations[0].message
+    I.release(s, imps[0])  # its unmap drops the last kref: complete()
+    assert V.revoke_done(s, GPU) and V.buffer_status(s, buf) == AFTER[trigger]
 
 
 @pytest.mark.parametrize("trigger", list(TRIGGERS))
-def test_importer_that_does_not_fence_is_caught(trigger: str) -> None:
+def test_importer_that_never_unmaps_blocks_the_revoke_forever(trigger: str) -> None:
+    s, buf, imps = setup(1, [("never-unmaps", NIC)])
+    assert TRIGGERS[trigger](s) is False
+    with pytest.raises(KernelError) as ei:
+        I.release(s, imps[0])
+    assert ei.value.errno == errno.EBUSY
+    assert not V.revoke_done(s, GPU) and V._st(s).devices[GPU].busy.waiting == f"unmaps of dma-buf {buf}"
+    # every later memory_lock user queues behind it: the next export blocks too
+    later = V.uapi_feature(s, GPU, V.dma_buf_request(1, [(0, 4096)]))
+    assert later.blocked and later.errno == 0 and V.uapi_result(s, GPU, later.ticket or 0) is None
+
+
+@pytest.mark.parametrize("trigger", list(TRIGGERS))
+def test_importer_that_does_not_fence_is_covered_by_the_kref_wait(trigger: str) -> None:
+    """An importer that fences nothing but unmaps once its DMA drained: 7.2's completion wait
+    (vfio_pci_dmabuf.c:vfio_pci_dma_buf_move()) holds the revoke until the unmap, so the DMA in
+    flight finishes before the BAR goes (6.19's fence-only wait let it through)."""
     s, buf, imps = setup(1, [("dma-past-invalidate", NIC)])
     op = I.start_dma(s, imps[0], 0, SIZE, write=False)
-    assert TRIGGERS[trigger](s) is True  # no fence: nobody waits for the DMA in flight
-    I.finish_dma(s, op)
-    assert [v.kind for v in s.violations] == ["sanitizer"]
-    assert "without waiting" in s.violations[0].message
+    assert TRIGGERS[trigger](s) is False  # no fence, but the mapping is still there
+    assert I.finish_dma(s, op) == DATA  # drained: the importer unmaps, the revoke completes
+    assert V.revoke_done(s, GPU) and s.violations == []
 
 
 @pytest.mark.parametrize("trigger", list(TRIGGERS))
@@ -218,12 +241,20 @@ def test_data_intact_across_revoke_and_unrevoke() -> None:
 
 
 def test_unplug_of_the_exporter_revokes_and_waits_before_the_provider_goes() -> None:
+    """vfio_main.c:vfio_unregister_group_dev() (7.2): remove sleeps while the device is open and
+    asks the user (request notifier); the user's close revokes and waits; then the unbind goes."""
     s, buf, imps = setup(1)
     op = I.start_dma(s, imps[0], 0, SIZE, write=False)
-    assert V.vfio_unplug(s, GPU) is False  # vfio's remove: close, revoke, wait
+    assert V.vfio_unplug(s, GPU) is False  # waits for the user to close the device
+    assert notified(s) == 0 and s.present(GPU) and V.unbind_waits(s, GPU)
+    assert V._st(s).devices[GPU].unbind_requested == 1
+    with pytest.raises(KernelError) as ei:  # no new exports while unregistering
+        V.vfio_device_feature(s, GPU, V.dma_buf_request(1, [(0, 4096)]))
+    assert ei.value.errno == errno.ENODEV
+    assert V.vfio_close(s, GPU) is False  # the user closes: cleanup revokes, waits for the DMA
     assert notified(s) == 1 and s.present(GPU)
     assert (GPU, 1) not in s.ext.get("released_bars", set())
-    assert I.finish_dma(s, op) == DATA  # the last fence: close completes, the driver unbinds
+    assert I.finish_dma(s, op) == DATA  # the last fence and unmap: close completes, the driver unbinds
     assert not s.present(GPU) and (GPU, 1) in s.ext["released_bars"]
     assert V.buffer_status(s, buf) == V.DmaBufStatus.PERM_REVOKED
     assert refused(s, imps[0]) == errno.ENODEV
@@ -236,3 +267,113 @@ def test_surprise_unplug_of_the_importer_is_flagged_by_the_fabric() -> None:
     s.unplug(NIC)
     assert I.finish_dma(s, op) == b""
     assert [v.kind for v in s.violations] == ["sanitizer"] and "unplugged" in s.violations[0].message
+
+
+def test_export_during_a_pending_revoke_waits_and_starts_revoked() -> None:
+    """vfio_pci_dmabuf.c:vfio_pci_core_feature_dma_buf() takes memory_lock for the list and the
+    revoked bit: an export issued while a decode-off revoke waits sleeps behind it and is born
+    revoked (memory decode is off by then)."""
+    s, buf, imps = setup(1)
+    op = I.start_dma(s, imps[0], 0, SIZE, write=False)
+    assert V.vfio_set_memory(s, GPU, False) is False
+    ans = V.uapi_feature(s, GPU, V.dma_buf_request(1, [(0, 8192)]))
+    assert ans.blocked and ans.ticket is not None and V.uapi_result(s, GPU, ans.ticket) is None
+    I.finish_dma(s, op)
+    done = V.uapi_result(s, GPU, ans.ticket)
+    assert done is not None and done.errno == 0 and done.size == 8192
+    assert V.buffer_status(s, done.result) == V.DmaBufStatus.TEMP_REVOKED
+    with pytest.raises(KernelError) as ei:
+        I.import_buffer(s, "rdma", NIC, done.result)
+    assert ei.value.errno == errno.ENODEV  # vfio_pci_dma_buf_attach(): revoked
+    assert V.vfio_set_memory(s, GPU, True) and V.buffer_status(s, done.result) == V.DmaBufStatus.OK
+
+
+def _fence(s: System, buf: int) -> int:
+    B.dma_resv_lock(s, buf, "vgem")
+    f = B.dma_resv_add_fence(s, buf, "vgem")
+    B.dma_resv_unlock(s, buf, "vgem")
+    return f
+
+
+def test_unrevoke_waits_for_fences_before_clearing_revoked() -> None:
+    """vfio_pci_dmabuf.c:vfio_pci_dma_buf_move(vdev, false) runs dma_resv_wait_timeout() before it
+    clears revoked: decode-on sleeps while a fence on the buffer is unsignalled."""
+    s, buf, imps = setup(0)
+    assert V.vfio_set_memory(s, GPU, False)
+    f = _fence(s, buf)
+    assert V.vfio_set_memory(s, GPU, True) is False
+    assert V.buffer_status(s, buf) == V.DmaBufStatus.TEMP_REVOKED and not V.revoke_done(s, GPU)
+    B.dma_fence_signal(s, buf, f)
+    assert V.revoke_done(s, GPU) and V.buffer_status(s, buf) == V.DmaBufStatus.OK
+
+
+def test_add_fence_without_the_lock_is_a_locking_violation() -> None:
+    s, buf, _ = setup(0)
+    B.dma_resv_add_fence(s, buf, "careless")
+    assert [v.kind for v in s.violations] == ["locking"] and "dma_resv_add_fence" in s.violations[0].message
+
+
+def test_resv_lock_held_elsewhere_sleeps_not_ebusy() -> None:
+    """dma-resv.c:dma_resv_lock() is a ww_mutex: a second context sleeps (never EBUSY)."""
+    s, buf, _ = setup(0)
+    B.dma_resv_lock(s, buf, "a")
+    with pytest.raises(B.ResvWouldBlock) as ei:
+        B.dma_resv_lock(s, buf, "b")
+    assert ei.value.errno != errno.EBUSY
+    B.dma_resv_unlock(s, buf, "a")
+    B.dma_resv_lock(s, buf, "b")
+
+
+@pytest.mark.parametrize("how", ["d3hot", "flr-pcie", "flr-af", "pm-entry", "hot-reset"])
+def test_more_revoke_triggers(how: str) -> None:
+    """vfio_pci_config.c: vfio_pci_set_power_state() to D3hot, vfio_exp_config_write() /
+    vfio_af_config_write() FLR; vfio_pci_core.c: vfio_pci_runtime_pm_entry(),
+    vfio_pci_dev_set_hot_reset(): each revokes and waits for the DMA in flight."""
+    s, buf, imps = setup(1)
+    op = I.start_dma(s, imps[0], 0, SIZE, write=False)
+    go = {"d3hot": lambda: V.vfio_set_power(s, GPU, "D3hot"), "flr-pcie": lambda: V.vfio_flr(s, GPU, "pcie"),
+          "flr-af": lambda: V.vfio_flr(s, GPU, "af"), "hot-reset": lambda: V.vfio_hot_reset(s, GPU),
+          "pm-entry": lambda: V.uapi_feature(s, GPU, V.feature_request(
+              V.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, V.VFIO_DEVICE_FEATURE_SET)).blocked is False}
+    assert go[how]() is False
+    assert notified(s) == 1 and not V.revoke_done(s, GPU)
+    assert I.finish_dma(s, op) == DATA
+    assert V.revoke_done(s, GPU) and s.violations == []
+    resets = V._st(s).devices[GPU].resets
+    if how in ("flr-pcie", "flr-af", "hot-reset"):
+        assert resets == 1 and V.buffer_status(s, buf) == V.DmaBufStatus.OK  # restored: decode was on
+    else:
+        assert resets == 0 and V.buffer_status(s, buf) == V.DmaBufStatus.TEMP_REVOKED
+    if how == "d3hot":
+        assert not V.bar_accessible(s, GPU)
+        assert V.vfio_set_power(s, GPU, "D0") and V.buffer_status(s, buf) == V.DmaBufStatus.OK
+
+
+def test_hot_reset_revokes_every_open_device_of_the_dev_set() -> None:
+    s = System(TOPO, seed=1)
+    V.vfio_open(s, GPU, dev_set=(GPU, FAR))
+    V.vfio_open(s, FAR)
+    s.bind(NIC, "drv")
+    s.set_dma_mask(NIC, 64)
+    bufs = [V.vfio_device_feature(s, d, V.dma_buf_request(1 if d == GPU else 0, [(0, 4096)])) for d in (GPU, FAR)]
+    imp = I.import_buffer(s, "rdma", NIC, bufs[1])
+    assert V.vfio_hot_reset(s, GPU) is True
+    assert notified(s) == 2  # FAR's buffer: revoked and restored
+    assert [V._st(s).devices[d].resets for d in (GPU, FAR)] == [1, 1]
+    assert dma(s, imp, 0, 4096) == F.cpu_read(s, FAR, 0, 0, 4096) and s.violations == []
+
+
+def test_multi_range_buffer_through_the_iommu_is_the_kernels_defect() -> None:
+    """dma-buf-mapping.c:dma_buf_phys_vec_to_sgt() (7.2) links every range at IOVA offset 0: the
+    second link lands on the first. The model mirrors it and names the finding."""
+    s, _, _ = setup(0)
+    buf = V.vfio_device_feature(s, GPU, V.dma_buf_request(1, [(0, 4096), (8192, 4096)]))
+    with pytest.raises(KernelError) as ei:
+        I.import_buffer(s, "rdma", FAR, buf)  # THRU_HOST_BRIDGE with an IOVA range
+    assert ei.value.errno == errno.EEXIST
+    assert [f[0] for f in s.ext["findings"]] == [V.FINDING_MULTI_RANGE]
+    ok = I.import_buffer(s, "rdma", NIC, buf)  # BUS_ADDR: no IOVA, both ranges map
+    assert dma(s, ok, 0, 8192) == DATA[:4096] + DATA[8192:12288]
+    with pytest.raises(KernelError) as ei:  # iommufd's private interconnect: one range only
+        I.import_buffer(s, "iommufd", FAR, buf)
+    assert ei.value.errno == errno.EOPNOTSUPP

@@ -156,11 +156,14 @@ def test_seeded_exporter_bug_and_unplug(capsys: pytest.CaptureFixture[str], tmp_
     code, d = doc(capsys, write(tmp_path, sc))
     assert code == 1 and [v["kind"] for v in d["violations"]] == ["revoke-early", "sanitizer"]
     sc = scenario()
-    sc["steps"] += [{"unplug": {"device": "gpu", "expect": "ok"}},
+    # 7.2: vfio_main.c:vfio_unregister_group_dev() sleeps until the user closes (request notifier)
+    sc["steps"] += [{"unplug": {"device": "gpu", "expect": "waits"}}, {"close": {"device": "gpu", "expect": "ok"}},
                     {"dma": {"importer": "r", "read": 0, "size": "4K", "expect": "ENODEV"}}]
     code, d = doc(capsys, write(tmp_path, sc))
-    assert code == 0 and d["violations"] == []
-    assert any("move_notify" in e for e in d["steps"][4]["events"])
+    assert code == 0 and d["violations"] == [] and d["left_in_flight"] == []
+    assert not any("move_notify" in e for e in d["steps"][4]["events"])
+    assert any("move_notify" in e for e in d["steps"][5]["events"])
+    assert any("unplug" in e and "done" in e for e in d["steps"][5]["events"])
 
 
 BAD: list[tuple[str, Any, str]] = [

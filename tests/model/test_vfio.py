@@ -24,7 +24,7 @@ DMA_BUF = V.VFIO_DEVICE_FEATURE_DMA_BUF
 BAR1 = next(b for b in TOPO[GPU].bars if b.index == 1)  # 1 GiB, 64-bit prefetchable
 G1 = 1 << 30
 U64 = 1 << 64
-KERNEL_ERRNOS = {errno.EFAULT, errno.EINVAL, errno.ENODEV, errno.ENOTTY, errno.ENOMEM, errno.EOVERFLOW}
+KERNEL_ERRNOS = {errno.EFAULT, errno.EINVAL, errno.ENODEV, errno.ENOTTY, errno.ENOMEM, errno.EOVERFLOW, errno.EBADF}
 IMP = "test-importer"  # a dynamic importer whose move_notify only counts
 
 
@@ -76,8 +76,32 @@ CASES: list[tuple[str, bytes, int]] = [
     ("unknown flag bit 19", hdr(40, GOOD | 1 << 19) + body(1, 1, [(0, 4096)]), errno.EINVAL),
     ("unknown flag bit 31", hdr(40, GOOD | 1 << 31) + body(1, 1, [(0, 4096)]), errno.EINVAL),
     ("GET and SET without PROBE", hdr(40, GET | SET | DMA_BUF) + body(1, 1, [(0, 4096)]), errno.EINVAL),
+    # other features, answered by vfio core or vfio-pci themselves (7.2), not ENOTTY for all:
+    # vfio_main.c:vfio_ioctl_device_feature_migration(): !device->mig_ops -> ENOTTY
     ("another feature: migration", hdr(40, GET | 1) + body(1, 1, [(0, 4096)]), errno.ENOTTY),
-    ("another feature: 12", hdr(40, GET | 12) + body(1, 1, [(0, 4096)]), errno.ENOTTY),
+    # vfio_main.c:vfio_ioctl_device_feature_mig_device_state(): !device->mig_ops -> ENOTTY
+    ("MIG_DEVICE_STATE", hdr(40, SET | 2), errno.ENOTTY),
+    # vfio_main.c:vfio_ioctl_device_feature_logging_start/stop/report(): !device->log_ops -> ENOTTY
+    ("DMA_LOGGING_START", hdr(40, SET | 6), errno.ENOTTY),
+    ("DMA_LOGGING_REPORT", hdr(40, GET | 8), errno.ENOTTY),
+    # vfio_main.c:vfio_ioctl_device_feature_migration_data_size(): !device->mig_ops -> ENOTTY
+    ("MIG_DATA_SIZE", hdr(40, GET | 9), errno.ENOTTY),
+    # vfio_main.c:vfio_ioctl_device_feature_migration_precopy_info_v2(): no PRE_COPY -> EINVAL, even PROBE
+    ("MIG_PRECOPY_INFOv2 (12)", hdr(40, GET | 12) + body(1, 1, [(0, 4096)]), errno.EINVAL),
+    ("MIG_PRECOPY_INFOv2 PROBE", hdr(8, PROBE | SET | 12), errno.EINVAL),
+    # vfio_pci_core.c:vfio_pci_core_pm_entry(): vfio_check_feature(SET, 0): GET refused
+    ("LOW_POWER_ENTRY GET", hdr(8, GET | 3), errno.EINVAL),
+    ("LOW_POWER_ENTRY neither GET nor SET", hdr(8, 3), errno.EINVAL),
+    # vfio_pci_core.c:vfio_pci_core_pm_exit(): vfio_check_feature(SET, 0)
+    ("LOW_POWER_EXIT GET", hdr(8, GET | 5), errno.EINVAL),
+    # vfio_pci_core.c:vfio_pci_core_pm_entry_with_wakeup(): argsz < 4, then a negative eventfd
+    ("LOW_POWER_ENTRY_WITH_WAKEUP short", hdr(8, SET | 4), errno.EINVAL),
+    ("LOW_POWER_ENTRY_WITH_WAKEUP fd -1", hdr(12, SET | 4) + struct.pack("<i", -1), errno.EINVAL),
+    ("LOW_POWER_ENTRY_WITH_WAKEUP not an eventfd", hdr(12, SET | 4) + struct.pack("<i", 7), errno.EBADF),
+    # vfio_pci_core.c:vfio_pci_core_feature_token(): no vf_token (not an SR-IOV PF) -> ENOTTY
+    ("PCI_VF_TOKEN (0)", hdr(24, SET | 0) + bytes(16), errno.ENOTTY),
+    # vfio_pci_core.c:vfio_pci_core_ioctl_feature() default: BUS_MASTER (10) and unknown -> ENOTTY
+    ("BUS_MASTER (10)", hdr(8, SET | 10), errno.ENOTTY),
     ("another feature: 0xffff", hdr(40, GET | 0xFFFF) + body(1, 1, [(0, 4096)]), errno.ENOTTY),
     # vfio_check_feature(): only GET is supported
     ("SET is not supported", hdr(40, SET | DMA_BUF) + body(1, 1, [(0, 4096)]), errno.EINVAL),
@@ -105,10 +129,13 @@ CASES: list[tuple[str, bytes, int]] = [
     ("second range unaligned", req(ranges=[(0, 4096), (4096, 10)]), errno.EINVAL),
     ("total length overflows u64", req(ranges=[(0, 1 << 63), (0, 1 << 63)]), errno.EINVAL),
     ("total length has bit 63 (DMA_IOVA_USE_SWIOTLB)", req(ranges=[(0, 1 << 62), (0, 1 << 62)]), errno.EINVAL),
-    # pcim_p2pdma_provider(): no provider for a BAR that is not memory
+    # vfio_pci_dmabuf.c:vfio_pci_core_feature_dma_buf(): IS_ERR(vfio_pci_core_get_iomap()) -> ENODEV
+    # for a BAR of length 0 (pci_iomap() fails), before memdup_array_user() copies the ranges
+    ("absent BAR (upper half of BAR1)", req(region=2), errno.ENODEV),
+    ("absent BAR 5", req(region=5), errno.ENODEV),
+    ("absent BAR is checked before the ranges are copied", hdr(40, GOOD) + body(5, 262145), errno.ENODEV),
+    # vfio_pci_core_get_dmabuf_phys(): pcim_p2pdma_provider() is NULL for an I/O BAR (iomap works)
     ("I/O BAR", req(region=3), errno.EINVAL),
-    ("absent BAR (upper half of BAR1)", req(region=2), errno.EINVAL),
-    ("absent BAR 5", req(region=5), errno.EINVAL),
     ("I/O BAR with an overflowing range: provider checked first", req(region=3, ranges=[(U64 - 4096, 4096)]),
      errno.EINVAL),
     # vfio_pci_core_fill_phys_vec()
@@ -187,9 +214,14 @@ def exported(s: System) -> int:
     return V.vfio_device_feature(s, GPU, req(ranges=[(0, 8192)]))
 
 
+B.IMPORTERS["no-invalidate"] = None  # importer ops without invalidate_mappings
+
+
 def test_static_importer_is_refused_eopnotsupp(vsys: System) -> None:
+    """vfio_pci_dmabuf.c:vfio_pci_dma_buf_attach(): !peer2peer (a static importer has no importer
+    ops, so no allow_peer2peer) and !dma_buf_attach_revocable() are both EOPNOTSUPP."""
     buf_id = exported(vsys)
-    for importer, p2p in ((None, True), (IMP, False)):
+    for importer, p2p in ((None, True), (IMP, False), ("no-invalidate", True)):
         with pytest.raises(KernelError) as ei:
             B.dma_buf_dynamic_attach(vsys, buf_id, NIC, importer, allow_peer2peer=p2p)
         assert ei.value.errno == errno.EOPNOTSUPP
@@ -205,15 +237,56 @@ def test_attach_to_revoked_buffer_is_enodev(vsys: System) -> None:
     assert B.get_buf(vsys, buf_id).attachments == []
 
 
-def test_pin_is_refused_eopnotsupp(vsys: System) -> None:
+def test_pin_returns_zero_vfio_has_no_pin_op(vsys: System) -> None:
+    """dma-buf.c:dma_buf_pin() returns 0 when the exporter has no .pin; vfio_pci_dmabuf_ops (7.2)
+    has none (6.19's vfio_pci_dma_buf_pin() that refused is gone), so the buffer is not dynamic."""
     buf_id = exported(vsys)
     att = B.dma_buf_dynamic_attach(vsys, buf_id, NIC, IMP)
     B.dma_resv_lock(vsys, buf_id, "t")
-    with pytest.raises(KernelError) as ei:
-        B.dma_buf_pin(vsys, att.id)
+    assert B.dma_buf_pin(vsys, att.id) == 0
     B.dma_resv_unlock(vsys, buf_id, "t")
-    assert ei.value.errno == errno.EOPNOTSUPP
-    assert not att.pinned and vsys.violations == []
+    assert att.pinned and vsys.violations == []
+    assert not B.dma_buf_is_dynamic(B.get_buf(vsys, buf_id))
+
+
+def test_second_map_maps_again_and_holds_a_second_kref(vsys: System) -> None:
+    """dma-buf.c:dma_buf_map_attachment() (7.2) calls map_dma_buf on every call (no EBUSY for a
+    second map); vfio_pci_dmabuf.c:vfio_pci_dma_buf_map() takes a kref per table."""
+    buf_id = exported(vsys)
+    att = B.dma_buf_dynamic_attach(vsys, buf_id, NIC, IMP)
+    B.dma_resv_lock(vsys, buf_id, "t")
+    one = B.dma_buf_map_attachment(vsys, att.id)
+    two = B.dma_buf_map_attachment(vsys, att.id)
+    priv = B.get_buf(vsys, buf_id).priv
+    assert one is not two and len(att.sgts) == 2 and priv.kref == 3
+    B.dma_buf_unmap_attachment(vsys, att.id)
+    B.dma_buf_unmap_attachment(vsys, att.id)
+    B.dma_resv_unlock(vsys, buf_id, "t")
+    assert priv.kref == 1 and att.sgt is None and vsys.violations == []
+
+
+def test_open_flags_file_keeps_accmode_nonblock_fd_gets_cloexec(vsys: System) -> None:
+    """dma-buf.c:dma_buf_getfile() keeps O_ACCMODE | O_NONBLOCK; dma_buf_fd() passes O_CLOEXEC to
+    get_unused_fd_flags(); any other bit of open_flags is accepted and dropped."""
+    for open_flags, want_file, want_cloexec in ((0o2000002, 0o2, True), (0o4001 | 0o100 | 1 << 30, 0o4001, False),
+                                                (0xFFFFFFFF, 0o4003, True), (0, 0, False)):
+        a = V.uapi_feature(vsys, GPU, req(open_flags=open_flags))
+        assert (a.errno, a.blocked, a.size) == (0, False, 4096)
+        assert (a.file_flags, a.cloexec) == (want_file, want_cloexec)
+
+
+def test_low_power_entry_revokes_and_exit_restores(vsys: System) -> None:
+    """vfio_pci_core.c:vfio_pci_runtime_pm_entry() moves every buffer to revoked; a second entry is
+    EINVAL (pm_runtime_engaged); vfio_pci_runtime_pm_exit() un-revokes when memory is enabled."""
+    buf_id = exported(vsys)
+    assert V.uapi_feature(vsys, GPU, V.feature_request(V.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, PROBE | SET)).errno == 0
+    assert V.buffer_status(vsys, buf_id) == V.DmaBufStatus.OK  # PROBE does nothing
+    assert V.uapi_feature(vsys, GPU, V.feature_request(V.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, SET)).errno == 0
+    assert V.buffer_status(vsys, buf_id) == V.DmaBufStatus.TEMP_REVOKED
+    again = V.uapi_feature(vsys, GPU, V.feature_request(V.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, SET))
+    assert again.errno == errno.EINVAL
+    assert V.uapi_feature(vsys, GPU, V.feature_request(V.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, SET)).errno == 0
+    assert V.buffer_status(vsys, buf_id) == V.DmaBufStatus.OK
 
 
 def test_map_of_revoked_buffer_is_enodev_and_works_after_unrevoke(vsys: System) -> None:
@@ -269,7 +342,24 @@ def reference_errno(arg: bytes) -> int | tuple[str, int]:
         return errno.EINVAL
     if not flags & PROBE and flags & SET and flags & GET:
         return errno.EINVAL
-    if flags & 0xFFFF != DMA_BUF:
+    feat = flags & 0xFFFF
+    if feat in (1, 2, 6, 7, 8, 9):
+        return errno.ENOTTY
+    if feat == 12:
+        return errno.EINVAL
+    if feat in (3, 4, 5):
+        if flags & GET:
+            return errno.EINVAL
+        if flags & PROBE:
+            return ("probe", 0)
+        if not flags & SET or argsz - 8 < (4 if feat == 4 else 0):
+            return errno.EINVAL
+        if feat == 4:
+            if len(arg) < 12:
+                return errno.EFAULT
+            return errno.EINVAL if struct.unpack_from("<i", arg, 8)[0] < 0 else errno.EBADF
+        return ("probe", 0)
+    if feat != DMA_BUF:
         return errno.ENOTTY
     if flags & SET:
         return errno.EINVAL
@@ -282,7 +372,7 @@ def reference_errno(arg: bytes) -> int | tuple[str, int]:
     region, _, rflags, nr = struct.unpack_from("<IIII", arg, 8)
     if not nr or rflags:
         return errno.EINVAL
-    if region >= 6:
+    if region >= 6 or not any(b.index == region and b.size for b in TOPO[GPU].bars):
         return errno.ENODEV
     if nr * 16 > 1 << 22:
         return errno.ENOMEM
@@ -314,7 +404,8 @@ OFFSETS = st.one_of(st.sampled_from([0, 4096, 1 << 20, G1 - 4096, G1, 1 << 63, U
 LENGTHS = st.one_of(st.sampled_from([0, 4096, 8192, 1 << 20, G1, 1 << 62, 1 << 63, U64 - 4096, 4097]),
                     st.integers(0, U64 - 1))
 FLAGS = st.one_of(st.sampled_from([GET | DMA_BUF] * 4 + [PROBE | GET | DMA_BUF, PROBE | DMA_BUF, SET | DMA_BUF,
-                                                         GET | SET | DMA_BUF, DMA_BUF, GET | 1, GET | 1 << 20]),
+                                                         GET | SET | DMA_BUF, DMA_BUF, GET | 1, GET | 1 << 20,
+                                                         SET | 3, SET | 5, SET | 4, GET | 12, SET | 0]),
                   st.integers(0, (1 << 32) - 1))
 
 
@@ -347,6 +438,7 @@ def test_fuzz_feature_bytes_only_kernel_errnos(arg: bytes) -> None:
         assert B.state(s).bufs == {}
         return
     assert isinstance(want, tuple), (got, want)
+    assert not isinstance(got, bool)
     if want[0] == "probe":
         assert got == 0 and B.state(s).bufs == {}
     else:

@@ -76,9 +76,14 @@ class Attachment:
     importer: str | None
     importer_priv: Any
     peer2peer: bool
-    sgt: SgTable | None = None
+    sgts: list[SgTable] = field(default_factory=list)  # every live mapping, oldest first
     pinned: bool = False
-    invalidated: bool = False  # move_notify delivered since the last map
+    invalidated: bool = False  # invalidate_mappings delivered since the last map
+
+    @property
+    def sgt(self) -> SgTable | None:
+        """The newest live mapping (None when unmapped)."""
+        return self.sgts[-1] if self.sgts else None
 
 
 @dataclass(slots=True)
@@ -89,7 +94,8 @@ class DmaBuf:
     size: int
     exporter: str
     priv: Any
-    file_flags: int
+    file_flags: int  # f_flags of the file: O_ACCMODE | O_NONBLOCK of what the exporter asked
+    fd_cloexec: bool = False
     resv: DmaResv = field(default_factory=DmaResv)
     attachments: list[int] = field(default_factory=list)
     file_refs: int = 1
@@ -97,20 +103,28 @@ class DmaBuf:
 
 
 class ExporterOps(Protocol):
-    """``struct dma_buf_ops`` (the parts the model needs)."""
+    """``struct dma_buf_ops`` (the parts the model needs). ``pin`` / ``unpin`` are optional (an
+    exporter without them, like vfio-pci in 7.2, is not dynamic and dma_buf_pin() returns 0)."""
 
     def attach(self, system: System, buf: DmaBuf, att: Attachment) -> None: ...
     def detach(self, system: System, buf: DmaBuf, att: Attachment) -> None: ...
-    def pin(self, system: System, att: Attachment) -> None: ...
-    def unpin(self, system: System, att: Attachment) -> None: ...
     def map(self, system: System, att: Attachment, direction: D.DmaDirection) -> SgTable: ...
     def unmap(self, system: System, att: Attachment, sgt: SgTable, direction: D.DmaDirection) -> None: ...
     def release(self, system: System, buf: DmaBuf) -> None: ...
 
 
-# name -> exporter ops object; name -> importer move_notify(system, attachment)
+# name -> exporter ops object; name -> importer ops' invalidate_mappings(system, attachment),
+# None for importer ops without that callback (dma_buf_attach_revocable() is then false)
 EXPORTERS: dict[str, ExporterOps] = {}
-IMPORTERS: dict[str, Callable[[System, Attachment], None]] = {}
+IMPORTERS: dict[str, Callable[[System, Attachment], None] | None] = {}
+
+
+class ResvWouldBlock(KernelError):
+    """dma_resv_lock() sleeps: another context holds the lock. The caller's operation has not
+    happened; it can run once the holder unlocks (a model of waiting, never an errno)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, errno.EAGAIN)
 
 
 @dataclass(slots=True)
@@ -149,18 +163,30 @@ def _ops(buf: DmaBuf) -> ExporterOps:
 
 
 def dma_buf_is_dynamic(buf: DmaBuf) -> bool:
-    """Mirrors dma_buf_is_dynamic(): the exporter can pin (and so can move)."""
+    """Mirrors dma_buf_is_dynamic() (include/linux/dma-buf.h, 7.2): the exporter has .pin."""
     return hasattr(_ops(buf), "pin")
+
+
+def dma_buf_attachment_is_dynamic(att: Attachment) -> bool:
+    """Mirrors dma_buf_attachment_is_dynamic(): the importer passed importer ops."""
+    return att.importer is not None
+
+
+def dma_buf_attach_revocable(att: Attachment) -> bool:
+    """Mirrors dma_buf_attach_revocable() (drivers/dma-buf/dma-buf.c, 7.2): importer ops with an
+    invalidate_mappings callback."""
+    return att.importer is not None and IMPORTERS.get(att.importer) is not None
 
 
 # -- the reservation lock -----------------------------------------------------------------------
 def dma_resv_lock(system: System, buf_id: int, who: str) -> None:
-    """Take the buffer's reservation lock (EDEADLK if ``who`` holds it, EBUSY if another does)."""
+    """Mirrors dma_resv_lock() (drivers/dma-buf/dma-resv.c, 7.2): a ww_mutex. EDEADLK when ``who``
+    holds it already; when another context holds it the caller sleeps (ResvWouldBlock)."""
     b = get_buf(system, buf_id)
     if b.resv.holder == who:
         raise KernelError(f"{who} already holds the lock of dma-buf {buf_id}", errno.EDEADLK)
     if b.resv.holder is not None:
-        raise KernelError(f"dma-buf {buf_id} is locked by {b.resv.holder}", errno.EBUSY)
+        raise ResvWouldBlock(f"dma-buf {buf_id} is locked by {b.resv.holder}: {who} waits")
     b.resv.holder = who
 
 
@@ -169,6 +195,12 @@ def dma_resv_unlock(system: System, buf_id: int, who: str) -> None:
     if b.resv.holder != who:
         system.violate("locking", f"{who} unlocks dma-buf {buf_id} held by {b.resv.holder}", raise_it=False)
     b.resv.holder = None
+    for hook in UNLOCK_HOOKS:  # contexts sleeping in dma_resv_lock() wake up
+        hook(system, buf_id)
+
+
+# code run after a reservation lock is released (a context that slept on it runs)
+UNLOCK_HOOKS: list[Callable[[System, int], None]] = []
 
 
 def dma_resv_assert_held(system: System, buf: DmaBuf, what: str) -> None:
@@ -178,8 +210,10 @@ def dma_resv_assert_held(system: System, buf: DmaBuf, what: str) -> None:
 
 
 def dma_resv_add_fence(system: System, buf_id: int, owner: str, usage: ResvUsage = ResvUsage.BOOKKEEP) -> int:
-    """An operation in flight: an unsignalled fence in the buffer's reservation object."""
+    """An operation in flight: an unsignalled fence in the buffer's reservation object. Mirrors
+    dma_resv_add_fence() (7.2), which needs the reservation lock (lockdep: a locking violation)."""
     b = get_buf(system, buf_id)
+    dma_resv_assert_held(system, b, "dma_resv_add_fence")
     f = Fence(system.handle(), owner, usage)
     b.resv.fences.append(f)
     return f.id
@@ -209,12 +243,18 @@ FENCE_HOOKS: list[Callable[[System, int], None]] = []
 
 # -- export, attach, map --------------------------------------------------------------------------
 def dma_buf_export(system: System, exporter: str, size: int, priv: Any, flags: int = 0) -> DmaBuf:
-    """Mirrors dma_buf_export() (+ dma_buf_fd()): a new buffer with one file reference."""
+    """Mirrors dma_buf_export() (+ dma_buf_fd()), 7.2: a new buffer with one file reference; the
+    file keeps only O_ACCMODE | O_NONBLOCK of ``flags`` (dma_buf_getfile()), O_CLOEXEC goes to
+    the fd (get_unused_fd_flags()); an exporter with only one of pin/unpin is EINVAL."""
     if exporter not in EXPORTERS:
         raise KernelError(f"no exporter {exporter}", errno.EINVAL)
+    ops = EXPORTERS[exporter]
+    if hasattr(ops, "pin") != hasattr(ops, "unpin"):
+        raise KernelError(f"exporter {exporter} has pin without unpin", errno.EINVAL)
     if size <= 0:
         raise KernelError("dma-buf of no size", errno.EINVAL)
-    b = DmaBuf(id=system.handle(), size=size, exporter=exporter, priv=priv, file_flags=flags)
+    b = DmaBuf(id=system.handle(), size=size, exporter=exporter, priv=priv, file_flags=flags & (0o3 | 0o4000),
+               fd_cloexec=bool(flags & 0o2000000))
     state(system).bufs[b.id] = b
     system.log(f"dma_buf_export {exporter} {size:#x} -> dma-buf {b.id}")
     return b
@@ -225,11 +265,12 @@ def dma_buf_dynamic_attach(
     allow_peer2peer: bool = True,
 ) -> Attachment:
     """Attach a device. Mirrors dma_buf_dynamic_attach() / dma_buf_attach() (importer None):
-    a dynamic importer must have move_notify; ``peer2peer`` comes only from importer ops."""
+    ``peer2peer`` comes only from importer ops (7.2: importer ops need not have
+    invalidate_mappings; exporters that revoke refuse those through dma_buf_attach_revocable())."""
     b = get_buf(system, buf_id)
     system.device(dev)
     if importer is not None and importer not in IMPORTERS:
-        raise KernelError(f"importer {importer} has no move_notify", errno.EINVAL)
+        raise KernelError(f"no importer ops named {importer}", errno.EINVAL)
     a = Attachment(
         id=system.handle(), dmabuf=buf_id, dev=dev, importer=importer, importer_priv=importer_priv,
         peer2peer=allow_peer2peer if importer is not None else False,
@@ -245,7 +286,7 @@ def dma_buf_detach(system: System, att_id: int) -> None:
     """Mirrors dma_buf_detach(); detaching with a live mapping is a leak the kernel warns about."""
     a = get_att(system, att_id)
     b = state(system).bufs[a.dmabuf]
-    if a.sgt is not None:
+    if a.sgts:
         system.violate("leak", f"attachment {att_id} detached with its mapping still live", raise_it=False)
     _ops(b).detach(system, b, a)
     b.attachments.remove(att_id)
@@ -253,23 +294,26 @@ def dma_buf_detach(system: System, att_id: int) -> None:
     system.log(f"dma_buf_detach attachment {att_id}")
 
 
-def dma_buf_pin(system: System, att_id: int) -> None:
-    """Mirrors dma_buf_pin(): only dynamic importers pin, under the lock."""
+def dma_buf_pin(system: System, att_id: int) -> int:
+    """Mirrors dma_buf_pin() (7.2): under the lock; the exporter's .pin when it has one, else 0
+    (vfio-pci has no .pin in 7.2, so pinning its buffer succeeds and pins nothing)."""
     a = get_att(system, att_id)
     b = state(system).bufs[a.dmabuf]
     dma_resv_assert_held(system, b, "dma_buf_pin")
-    ops = _ops(b)
+    ops: Any = _ops(b)
     if hasattr(ops, "pin"):
         ops.pin(system, a)
     a.pinned = True
+    return 0
 
 
 def dma_buf_unpin(system: System, att_id: int) -> None:
     a = get_att(system, att_id)
     b = state(system).bufs[a.dmabuf]
     dma_resv_assert_held(system, b, "dma_buf_unpin")
-    if hasattr(_ops(b), "unpin"):
-        _ops(b).unpin(system, a)
+    ops: Any = _ops(b)
+    if hasattr(ops, "unpin"):
+        ops.unpin(system, a)
     a.pinned = False
 
 
@@ -277,49 +321,64 @@ BIDI = D.DmaDirection.BIDIRECTIONAL
 
 
 def dma_buf_map_attachment(system: System, att_id: int, direction: D.DmaDirection = BIDI) -> SgTable:
-    """Map for the importer's device. Mirrors dma_buf_map_attachment(): the caller holds the
-    reservation lock (checked), a static importer of a dynamic exporter pins first."""
+    """Map for the importer's device. Mirrors dma_buf_map_attachment() (7.2): the caller holds the
+    reservation lock (checked); every call maps again (no caching, no EBUSY: a second map is a
+    second table); a static importer of an exporter with .pin pins first (pin-on-map) and
+    waits for the KERNEL fences after the map (it sleeps while one is unsignalled)."""
     a = get_att(system, att_id)
     b = get_buf(system, a.dmabuf)
     dma_resv_assert_held(system, b, "dma_buf_map_attachment")
-    if a.sgt is not None:
-        raise KernelError(f"attachment {att_id} is already mapped", errno.EBUSY)
-    if a.importer is None and dma_buf_is_dynamic(b):
+    static = not dma_buf_attachment_is_dynamic(a)
+    if static and b.resv.unsignaled(ResvUsage.KERNEL):
+        raise ResvWouldBlock(f"static importer of dma-buf {b.id} waits for kernel fences")
+    pin_on_map = static and dma_buf_is_dynamic(b)
+    if pin_on_map:
         dma_buf_pin(system, att_id)
-    sgt = _ops(b).map(system, a, direction)
-    a.sgt = sgt
+    try:
+        sgt = _ops(b).map(system, a, direction)
+    except KernelError:
+        if pin_on_map:
+            dma_buf_unpin(system, att_id)
+        raise
+    a.sgts.append(sgt)
     a.invalidated = False
     system.log(f"dma_buf_map_attachment {att_id} -> {sgt.map_type.name}")
     return sgt
 
 
 def dma_buf_unmap_attachment(system: System, att_id: int, direction: D.DmaDirection = BIDI) -> None:
-    """Mirrors dma_buf_unmap_attachment(); unmapping what is not mapped is EINVAL."""
+    """Mirrors dma_buf_unmap_attachment() (7.2) on the newest mapping; unmapping what is not
+    mapped is EINVAL."""
     a = get_att(system, att_id)
     b = state(system).bufs[a.dmabuf]
     dma_resv_assert_held(system, b, "dma_buf_unmap_attachment")
-    if a.sgt is None:
+    if not a.sgts:
         raise KernelError(f"attachment {att_id} is not mapped", errno.EINVAL)
-    _ops(b).unmap(system, a, a.sgt, direction)
-    a.sgt = None
+    sgt = a.sgts.pop()
+    _ops(b).unmap(system, a, sgt, direction)
     if a.importer is None and dma_buf_is_dynamic(b) and a.pinned:
         dma_buf_unpin(system, att_id)
     system.log(f"dma_buf_unmap_attachment {att_id}")
 
 
-def dma_buf_move_notify(system: System, buf_id: int) -> None:
-    """Tell every dynamic importer its mappings are going away. Mirrors dma_buf_move_notify()
-    (dma_buf_invalidate_mappings()): under the reservation lock."""
+def dma_buf_invalidate_mappings(system: System, buf_id: int) -> None:
+    """Tell every importer with an invalidate_mappings callback that its mappings are going away.
+    Mirrors dma_buf_invalidate_mappings() (7.2; 6.x called it dma_buf_move_notify()): under the
+    reservation lock; importers without the callback are not called."""
     b = get_buf(system, buf_id) if buf_id in state(system).bufs else None
     if b is None:
         return
     dma_resv_assert_held(system, b, "dma_buf_move_notify")
     for att_id in list(b.attachments):
         a = state(system).atts[att_id]
-        if a.importer is not None:
+        cb = IMPORTERS.get(a.importer) if a.importer is not None else None
+        if cb is not None:
             a.invalidated = True
             system.log(f"move_notify attachment {att_id} ({a.importer})")
-            IMPORTERS[a.importer](system, a)
+            cb(system, a)
+
+
+dma_buf_move_notify = dma_buf_invalidate_mappings  # the 6.x name
 
 
 def dma_buf_put(system: System, buf_id: int) -> None:
@@ -341,8 +400,11 @@ def dma_buf_phys_vec_to_sgt(
     direction: D.DmaDirection,
 ) -> SgTable:
     """Map MMIO ranges for an attachment by the provider's map type. Mirrors
-    dma_buf_phys_vec_to_sgt(): bus addresses for BUS_ADDR, one IOVA range (or dma_map_phys())
-    for THRU_HOST_BRIDGE, EINVAL when the path is not supported."""
+    dma_buf_phys_vec_to_sgt() (drivers/dma-buf/dma-buf-mapping.c, 7.2): bus addresses for
+    BUS_ADDR, one IOVA range (or dma_map_phys() per range) for THRU_HOST_BRIDGE, EINVAL when the
+    path is not supported. Like 7.2 it links every range at IOVA offset 0 (not at the running
+    offset): with more than one range the second link lands on the first (the IOMMU refuses it,
+    EEXIST) — the kernel's own defect, recorded as a finding rather than silently fixed."""
     kind = pci_p2pdma_map_type(system, provider, att.dev)
     if kind == MapType.BUS_ADDR:
         entries = [(pci_p2pdma_bus_addr_map(system, provider, p), n) for p, n in phys]
@@ -351,16 +413,20 @@ def dma_buf_phys_vec_to_sgt(
         raise KernelError(f"{att.dev} cannot reach {provider.owner} peer-to-peer", errno.EINVAL)
     st = D.DmaIovaState()
     if phys and D.dma_iova_try_alloc(system, att.dev, st, 0, size):
-        off = 0
+        mapped_len = 0
+        if len(phys) > 1:
+            system.ext.setdefault("findings", []).append(
+                (FINDING_IOVA_OFFSET, att.dmabuf, f"dma-buf {att.dmabuf}: {len(phys)} ranges linked at IOVA "
+                 f"offset 0 for {att.dev} (dma_buf_phys_vec_to_sgt(), 7.2)"))
         try:
             for p, n in phys:
-                D.dma_iova_link(system, att.dev, st, p, off, n, direction, D.DMA_ATTR_MMIO)
-                off += n
+                D.dma_iova_link(system, att.dev, st, p, 0, n, direction, D.DMA_ATTR_MMIO)  # 7.2: offset 0
+                mapped_len += n
         except KernelError:
-            D.dma_iova_destroy(system, att.dev, st, off, direction, D.DMA_ATTR_MMIO)
+            D.dma_iova_destroy(system, att.dev, st, mapped_len, direction, D.DMA_ATTR_MMIO)
             raise
-        D.dma_iova_sync(system, att.dev, st, 0, off)
-        return SgTable([(st.addr, off)], kind, list(phys), iova=st)
+        D.dma_iova_sync(system, att.dev, st, 0, mapped_len)
+        return SgTable([(st.addr, mapped_len)], kind, list(phys), iova=st)
     mapped: list[tuple[int, int]] = []
     try:
         for p, n in phys:
@@ -370,6 +436,9 @@ def dma_buf_phys_vec_to_sgt(
             D.dma_unmap_phys(system, att.dev, addr, n, direction, D.DMA_ATTR_MMIO)
         raise
     return SgTable(list(mapped), kind, list(phys), mapped=list(mapped))
+
+
+FINDING_IOVA_OFFSET = "kernel-defect:phys-vec-iova-offset"
 
 
 def dma_buf_free_sgt(system: System, att: Attachment, sgt: SgTable, direction: D.DmaDirection) -> None:

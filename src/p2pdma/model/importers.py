@@ -1,11 +1,17 @@
 """Importers of a dma-buf, each reacting to move_notify the way its kernel counterpart does.
 
-- ``iommufd``: maps the buffer into a VM's I/O address space and unmaps it at once on invalidate
-  (iopt_revoke_notify()); the VM's later DMA faults in the IOMMU, as it should.
+- ``iommufd``: imports through vfio's private interconnect, as iopt_map_dmabuf() in
+  drivers/iommu/iommufd/pages.c (7.2) does: dma_buf_pin() (0: vfio has no .pin), then
+  vfio_pci_dma_buf_iommufd_map() for the one physical range (EOPNOTSUPP for more), mapped into
+  the VM's I/O address space; no map_dma_buf, so no kref and no P2P map-type check. On
+  invalidate it unmaps the IOAS at once (iopt_revoke_notify()); the VM's later DMA faults.
 - ``rdma``: a dma-buf memory region (ib_umem_dmabuf): invalidate stops new work, the mapping goes
   when in-flight work drains, and the next use maps again (ODP-style).
-- ``nvme``: P2P memory as the data buffer of reads and writes: invalidate quiesces the queue.
-- ``ignores-invalidate`` (broken): does nothing on move_notify and keeps using its mapping.
+- ``nvme-hypothetical``: NVMe does not import dma-bufs in 7.2 (it takes P2P pages through the
+  block layer, pci_p2pdma_state() per request); this names a hypothetical dma-buf importer that
+  behaves like rdma (``nvme`` is accepted as its old name).
+- ``ignores-invalidate`` (broken): does nothing on invalidate and keeps using its mapping.
+- ``never-unmaps`` (broken): ignores invalidate and never lets go: a revoke waits for it forever.
 - ``dma-past-invalidate`` (broken): never fences its DMA, so nobody waits for it.
 
 Each DMA is two steps, start (a fence when the importer fences) and finish (the bytes move
@@ -18,13 +24,17 @@ import errno
 from dataclasses import dataclass, field
 
 from p2pdma.errors import IommuFault, KernelError
+from p2pdma.model import dma as D
 from p2pdma.model import dmabuf as B
 from p2pdma.model import fabric as F
 from p2pdma.model import vfio as V
 from p2pdma.model.system import System, fast_copy
 
-KINDS = ("iommufd", "rdma", "nvme", "ignores-invalidate", "dma-past-invalidate")
-BROKEN = ("ignores-invalidate", "dma-past-invalidate")
+KINDS = ("iommufd", "rdma", "nvme-hypothetical", "ignores-invalidate", "dma-past-invalidate", "never-unmaps")
+BROKEN = ("ignores-invalidate", "dma-past-invalidate", "never-unmaps")
+ALIASES = {"nvme": "nvme-hypothetical"}
+REMAPS_ON_USE = ("rdma", "nvme-hypothetical", "dma-past-invalidate")
+IGNORES = ("ignores-invalidate", "never-unmaps")
 
 
 @dataclass(slots=True)
@@ -39,8 +49,9 @@ class Import:
     mapped: bool = False
     invalid: bool = False  # move_notify received, not yet re-mapped
     inflight: list[int] = field(default_factory=list)
-    notified: bool = False  # deferred mode: move_notify arrived, reaction not yet run
-    inval_fence: int | None = None
+    notified: bool = False  # deferred mode: invalidate arrived, reaction not yet run
+    iommufd_map: tuple[int, int] | None = None  # iommufd: (IOVA, length) in the VM's domain
+    unmap_waits: bool = False  # its unmap sleeps in dma_resv_lock() until the holder unlocks
 
 
 @dataclass(slots=True)
@@ -87,59 +98,112 @@ def _who(imp: Import) -> str:
 def _map_locked(system: System, imp: Import) -> None:
     B.dma_resv_lock(system, imp.buf, _who(imp))
     try:
-        B.dma_buf_map_attachment(system, imp.att)
+        if imp.kind == "iommufd":
+            _iommufd_map(system, imp)
+        else:
+            B.dma_buf_map_attachment(system, imp.att)
         imp.mapped, imp.invalid = True, False
     finally:
         B.dma_resv_unlock(system, imp.buf, _who(imp))
 
 
+def _iommufd_map(system: System, imp: Import) -> None:
+    """Mirrors iopt_map_dmabuf() (7.2), under the lock: dma_buf_pin() (returns 0 for vfio), the
+    private interconnect for the one range, then the IOAS mapping for the VM's device."""
+    att = B.get_att(system, imp.att)
+    B.dma_buf_pin(system, imp.att)
+    try:
+        paddr, length = V.vfio_pci_dma_buf_iommufd_map(system, att)
+    except KernelError:
+        B.dma_buf_unpin(system, imp.att)
+        raise
+    iova = D.dma_map_phys(system, imp.dev, paddr, length, D.DmaDirection.BIDIRECTIONAL, D.DMA_ATTR_MMIO)
+    imp.iommufd_map = (iova, length)
+    att.invalidated = False
+
+
+def _iommufd_unmap(system: System, imp: Import) -> None:
+    """iopt_area_unmap_domain_range(): the IOAS no longer maps the buffer."""
+    if imp.iommufd_map is not None:
+        iova, length = imp.iommufd_map
+        D.dma_unmap_phys(system, imp.dev, iova, length, D.DmaDirection.BIDIRECTIONAL, D.DMA_ATTR_MMIO)
+        imp.iommufd_map = None
+
+
 def _unmap(system: System, imp: Import, locked_by_exporter: bool) -> None:
-    """Drop the mapping; under the exporter's lock inside move_notify, else taking it."""
+    """Drop the mapping; under the exporter's lock inside invalidate, else taking it (the caller
+    sleeps, ResvWouldBlock, while someone else holds it)."""
     if not imp.mapped:
+        return
+    if imp.kind == "iommufd":
+        _iommufd_unmap(system, imp)  # under pages->mutex, not the reservation lock
+        imp.mapped = False
         return
     if not locked_by_exporter:
         B.dma_resv_lock(system, imp.buf, _who(imp))
     try:
         B.dma_buf_unmap_attachment(system, imp.att)
+        imp.mapped = False  # before the unlock: a woken revoke sees it unmapped
     finally:
         if not locked_by_exporter:
             B.dma_resv_unlock(system, imp.buf, _who(imp))
-    imp.mapped = False
 
 
 def _on_move(system: System, att: B.Attachment) -> None:
-    """move_notify. Immediate mode reacts inside the callback; deferred mode (the checker's) only
-    records it and fences the pending work, so the reaction is a step of its own."""
+    """invalidate_mappings. Immediate mode reacts inside the callback; deferred mode (the
+    checker's) only records it, so the reaction is a step of its own."""
     imp = _imp_of_att(system, att)
     system.log(f"importer {imp.id} ({imp.kind}) invalidated")
     for op_id in imp.inflight:  # the sanitizer's bookkeeping: these must finish before the BAR goes
         state(system).inflight[op_id].invalidated = True
-    if imp.kind == "ignores-invalidate":
+    if imp.kind in IGNORES:
+        return
+    if imp.kind == "iommufd":  # iopt_revoke_notify() unmaps inside the callback
+        imp.invalid = True
+        _unmap(system, imp, locked_by_exporter=True)
         return
     if system.ext.get("deferred_invalidate"):
-        if not imp.notified:
-            imp.notified = True
-            imp.inval_fence = B.dma_resv_add_fence(system, imp.buf, f"{_who(imp)}:invalidate")
+        imp.notified = True
         return
     imp.invalid = True
-    if imp.kind == "iommufd" or not imp.inflight:
+    if not imp.inflight:
         _unmap(system, imp, locked_by_exporter=True)
 
 
+def _unmap_or_sleep(system: System, imp: Import) -> None:
+    """Unmap now, or (lock held elsewhere) sleep on the lock and unmap when it is released."""
+    if imp.mapped and B.get_buf(system, imp.buf).resv.holder is not None:
+        imp.unmap_waits = True
+        system.log(f"importer {imp.id} ({imp.kind}) waits for the lock of dma-buf {imp.buf} to unmap")
+        return
+    _unmap(system, imp, locked_by_exporter=False)
+
+
+def _unlock_hook(system: System, buf_id: int) -> None:
+    for imp in list(state(system).imports.values()):
+        if imp.buf == buf_id and imp.unmap_waits and B.get_buf(system, buf_id).resv.holder is None:
+            imp.unmap_waits = False
+            _unmap(system, imp, locked_by_exporter=False)
+
+
+B.UNLOCK_HOOKS.append(_unlock_hook)
+
+
 def handle_invalidate(system: System, import_id: int) -> None:
-    """Deferred mode: the importer's reaction to move_notify: stop using the mapping (unmap now,
-    or once in-flight DMA drains), then signal the invalidation fence the exporter waits for."""
+    """Deferred mode: the importer's reaction to invalidate: stop using the mapping and unmap it
+    now (or once in-flight DMA drains). Sleeps (ResvWouldBlock, nothing changed) while another
+    context holds the reservation lock."""
     imp = state(system).imports.get(import_id)
     if imp is None or not imp.notified:
         raise KernelError(f"import {import_id} has no invalidation to handle", errno.EINVAL)
+    holder = B.get_buf(system, imp.buf).resv.holder
+    if imp.mapped and not imp.inflight and holder is not None:
+        raise B.ResvWouldBlock(f"import {import_id}: dma-buf {imp.buf} is locked by {holder}")
     imp.notified = False
     imp.invalid = True
-    if imp.kind == "iommufd" or not imp.inflight:
+    if not imp.inflight:
         _unmap(system, imp, locked_by_exporter=False)
-    fence, imp.inval_fence = imp.inval_fence, None
     system.log(f"importer {import_id} ({imp.kind}) handled the invalidation")
-    if fence is not None:
-        B.dma_fence_signal(system, imp.buf, fence)
 
 
 for _k in KINDS:
@@ -147,8 +211,9 @@ for _k in KINDS:
 
 
 def import_buffer(system: System, kind: str, dev: str, buf_id: int, *, static: bool = False) -> int:
-    """Attach ``dev`` as importer ``kind`` and map (a static importer has no move_notify: vfio
-    refuses it). Returns the import id."""
+    """Attach ``dev`` as importer ``kind`` and map (a static importer has no invalidate_mappings:
+    vfio refuses it). Returns the import id."""
+    kind = ALIASES.get(kind, kind)
     if kind not in KINDS:
         raise KernelError(f"unknown importer kind {kind!r} ({', '.join(KINDS)})", errno.EINVAL)
     st = state(system)
@@ -166,14 +231,28 @@ def import_buffer(system: System, kind: str, dev: str, buf_id: int, *, static: b
     return imp.id
 
 
+def mapped_via(system: System, import_id: int) -> str:
+    """How the import reaches the buffer: the map type of its sg table, or for iommufd (no sg
+    table: an IOAS mapping the IOMMU translates) THRU_HOST_BRIDGE; "-" when unmapped."""
+    imp = state(system).imports[import_id]
+    if imp.iommufd_map is not None:
+        return "THRU_HOST_BRIDGE"
+    att = B.get_att(system, imp.att)
+    return att.sgt.map_type.name if att.sgt is not None else "-"
+
+
 def _addresses(imp: Import, system: System, offset: int, length: int) -> list[tuple[int, int]]:
     att = B.get_att(system, imp.att)
-    if att.sgt is None:
+    if imp.iommufd_map is not None:
+        entries = [imp.iommufd_map]
+    elif att.sgt is not None:
+        entries = att.sgt.entries
+    else:
         raise KernelError(f"import {imp.id} has no mapping", errno.EFAULT)
     out = []
     pos = 0
     want_end = offset + length
-    for addr, n in att.sgt.entries:
+    for addr, n in entries:
         lo, hi = max(offset, pos), min(want_end, pos + n)
         if lo < hi:
             out.append((addr + lo - pos, hi - lo))
@@ -193,9 +272,9 @@ def start_dma(system: System, import_id: int, offset: int, length: int, *, write
         raise KernelError(f"no import {import_id}", errno.EINVAL)
     if write and (data is None or len(data) != length):
         raise KernelError("a write needs exactly length bytes of data", errno.EINVAL)
-    if imp.notified and imp.kind != "ignores-invalidate":
+    if imp.notified and imp.kind not in IGNORES:
         handle_invalidate(system, import_id)  # the importer sees the flag before new work
-    if imp.invalid and imp.kind in ("rdma", "nvme", "dma-past-invalidate"):
+    if imp.invalid and imp.kind in REMAPS_ON_USE:
         if imp.inflight:
             raise KernelError(f"import {import_id} is draining after invalidation", errno.EAGAIN)
         _unmap(system, imp, locked_by_exporter=False)
@@ -207,7 +286,13 @@ def start_dma(system: System, import_id: int, offset: int, length: int, *, write
     # legitimate only through a mapping made since the last move_notify, of a buffer not revoked
     valid = not B.get_att(system, imp.att).invalidated and V.buffer_status(system, imp.buf) == V.DmaBufStatus.OK
     addrs = _addresses(imp, system, offset, length)
-    fence = None if imp.kind == "dma-past-invalidate" else B.dma_resv_add_fence(system, buf.id, imp.kind)
+    fence = None
+    if imp.kind != "dma-past-invalidate":
+        B.dma_resv_lock(system, buf.id, _who(imp))  # dma_resv_add_fence() needs the lock
+        try:
+            fence = B.dma_resv_add_fence(system, buf.id, imp.kind)
+        finally:
+            B.dma_resv_unlock(system, buf.id, _who(imp))
     op = InFlight(system.handle(), imp.id, offset, length, write, data, addrs, fence, valid,
                   resets_at_start=_resets(system, imp))
     st.inflight[op.id] = op
@@ -259,8 +344,8 @@ def finish_dma(system: System, op_id: int) -> bytes:
             pos += n
     if op.fence is not None:
         B.dma_fence_signal(system, imp.buf, op.fence)
-    if imp.invalid and not imp.inflight and imp.kind in ("rdma", "nvme", "dma-past-invalidate"):
-        _unmap(system, imp, locked_by_exporter=False)
+    if imp.invalid and not imp.inflight and imp.kind in REMAPS_ON_USE:
+        _unmap_or_sleep(system, imp)
     st.results[op_id] = bytes(out)
     system.log(f"finish dma {op_id}")
     return bytes(out)
@@ -281,6 +366,17 @@ def release(system: System, import_id: int) -> None:
         raise KernelError(f"no import {import_id}", errno.EINVAL)
     if imp.inflight:
         raise KernelError(f"import {import_id} has DMA in flight", errno.EBUSY)
+    if imp.kind == "never-unmaps":
+        raise KernelError(f"import {import_id} ({imp.kind}) never lets go of its mapping", errno.EBUSY)
+    if imp.mapped and imp.kind != "iommufd" and B.get_buf(system, imp.buf).resv.holder is not None:
+        raise B.ResvWouldBlock(f"import {import_id}: dma-buf {imp.buf} is locked")
+    if imp.kind == "iommufd" and imp.mapped:
+        _iommufd_unmap(system, imp)
+        imp.mapped = False
+    if imp.kind == "iommufd":
+        B.dma_resv_lock(system, imp.buf, _who(imp))
+        B.dma_buf_unpin(system, imp.att)
+        B.dma_resv_unlock(system, imp.buf, _who(imp))
     _unmap(system, imp, locked_by_exporter=False)
     B.dma_buf_detach(system, imp.att)
     del st.imports[import_id]

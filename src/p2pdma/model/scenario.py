@@ -403,6 +403,7 @@ class RunResult:
     data_intact: bool
     mismatches: list[str]
     left: list[str]
+    findings: list[dict[str, Any]] = field(default_factory=list)  # the kernel's own defects met on the way
 
     def to_json(self) -> dict[str, Any]:
         """The ``p2pdma.simulate/1`` document."""
@@ -423,6 +424,7 @@ class RunResult:
             "data_intact": self.data_intact,
             "mismatches": self.mismatches,
             "left_in_flight": self.left,
+            "findings": self.findings,
         }
 
 
@@ -550,19 +552,23 @@ def _exec(r: _Run, step: Step) -> tuple[str, str, Any]:
                      f"{dn(a['device'])} BAR{a['bar']}", None
     if op == "export":
         arg = V.dma_buf_request(a["bar"], a["ranges"])
-        buf_id = V.vfio_device_feature(s, a["device"], arg)
+        waits = False
+        try:
+            buf_id = V.vfio_device_feature(s, a["device"], arg)
+        except V.IoctlBlocked as blk:  # behind a revoke holding memory_lock: the buffer exists already
+            waits = True
+            buf_id = next(op.arg for op in V._st(s).devices[a["device"]].pending if op.ticket == blk.ticket)
         r.bufs[a["name"]] = buf_id
         size = B.state(s).bufs[buf_id].size
         rng = ", ".join(f"{o:#x}+{human(n)}" for o, n in a["ranges"])
-        status = V.buffer_status(s, buf_id).name
-        return "ok", f"{a['name']} = dma-buf {buf_id} of {human(size)}: {dn(a['device'])} BAR{a['bar']} " \
-                     f"[{rng}], {status}", buf_id
+        status = "waits for memory_lock" if waits else V.buffer_status(s, buf_id).name
+        return _done(not waits), f"{a['name']} = dma-buf {buf_id} of {human(size)}: {dn(a['device'])} " \
+                                 f"BAR{a['bar']} [{rng}], {status}", buf_id
     if op == "import":
         buf_id = _buf(r, a["buffer"])
         imp_id = I.import_buffer(s, a["kind"], a["device"], buf_id, static=a["static"])
         r.imports[a["name"]] = imp_id
-        att = B.get_att(s, I.state(s).imports[imp_id].att)
-        via = att.sgt.map_type.name if att.sgt is not None else "-"
+        via = I.mapped_via(s, imp_id)
         return "ok", f"{a['name']}: {a['kind']} importer on {dn(a['device'])} maps {a['buffer']} ({via})", imp_id
     if op in ("dma", "start"):
         imp_id = r.imports[a["importer"]]
@@ -718,9 +724,13 @@ def run_scenario(sc: Scenario, topo: Topology, profile: str) -> RunResult:
     mismatches = r.mismatches + [m for m in final if m not in r.mismatches]
     left = [f"DMA {name} ({op[1]}) is still in flight" for name, op in r.ops.items()
             if op[0] in I.state(s).inflight]
-    left += [f"{v.bdf}: {p.reason} still waits for fences" for v in V._st(s).devices.values() for p in v.pending]
+    left += [f"{v.bdf}: {p.reason} still waits for {p.waiting}" for v in V._st(s).devices.values()
+             for p in v.pending]
+    left += [f"{bdf}: unbind still waits for the user to close the device" for bdf in V._st(s).devices
+             if V.unbind_waits(s, bdf)]
+    findings = [{"kind": f[0], "buffer": f[1], "message": f[2]} for f in s.ext.get("findings", [])]
     return RunResult(sc, topo.name, profile, steps, {p: F.state(s).bytes_by_path[p] for p in PATHS},
-                     all_violations, not mismatches, mismatches, left)
+                     all_violations, not mismatches, mismatches, left, findings)
 
 
 __all__ = ["SCHEMA", "Scenario", "Step", "DeviceDecl", "RunResult", "StepResult", "parse_scenario",
