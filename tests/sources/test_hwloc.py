@@ -76,8 +76,13 @@ def test_small_tree_structure_and_facts() -> None:
     assert t.cpu is not None and (t.cpu.vendor, t.cpu.family, t.cpu.model) == ("GenuineIntel", 6, 143)
     assert t.kernel_release == "6.18.0-hw"
     assert any("ACS unknown for all" in w for w in t.warnings)
-    # the host bridge on socket 1 has no 00.0 in the XML: said, with the device used instead
-    assert any(w.startswith("pci0000:80: hwloc lists no 00.0") and "0000:80:01.0" in w for w in t.warnings)
+    # the host bridge on socket 1 has no 00.0 in the XML: its device is not in the input, and the
+    # root port hwloc lists first does not stand in for it
+    hb80 = t.host_bridge("pci0000:80")
+    assert hb80.host_dev is None and not hb80.host_bridge_dev_known
+    assert t.host_bridge("pci0000:00").host_bridge_dev_known
+    assert any(w.startswith("pci0000:80: host bridge device not in this input") and "0000:80:01.0" in w
+               for w in t.warnings)
 
 
 def test_verdicts_below_a_switch_are_uncertain_with_the_path_ports() -> None:
@@ -86,10 +91,11 @@ def test_verdicts_below_a_switch_are_uncertain_with_the_path_ports() -> None:
     assert v.map_type == MapType.BUS_ADDR and not v.certain
     assert set(v.unknown_ports) == {"0000:03:00.0", "0000:02:00.0", "0000:01:00.0", "0000:02:01.0", "0000:04:00.0"}
     assert "ACS unknown" in v.reason
-    # across host bridges ACS does not decide: certain; 8086:2020 is whitelisted but the other
-    # host bridge's device (a root port, 8086:352a) is not
+    # across host bridges ACS does not decide; 8086:2020 is whitelisted but the other host bridge's
+    # device is not in the XML: the root port 8086:352a is not checked in its place
     x = calc_map_type_and_dist(t, "0000:03:00.0", "0000:81:00.0")
-    assert x.certain and x.map_type == MapType.NOT_SUPPORTED
+    assert x.map_type == MapType.NOT_SUPPORTED and x.unknown_ports == ()
+    assert "352a" not in x.reason
     m = compute_matrix(t)
     for i in range(len(m.bdfs)):
         for j in range(len(m.bdfs)):

@@ -79,7 +79,7 @@ def test_dump_variants_and_errors(tmp_path: Path) -> None:
     topo = topology_from_dump(dump(raws, domains=False, verbose=True), name="v")
     assert topo["0000:03:00.0"].parent == "0000:02:00.0"
     bad = [
-        ("00:00.0 Host bridge\nzz: 00\n", "not an lspci -x dump line"),
+        ("00:00.0 Host bridge\nzz: 00\n", "not an lspci dump line"),
         ("00: 86 80\n", "hex line before any function line"),
         ("00:00.0 x\n00: " + " ".join(["00"] * 16) + "\n40: 00\n", "gap"),
         ("hello\n", "bad.txt:1: not an lspci"),

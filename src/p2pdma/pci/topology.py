@@ -120,6 +120,7 @@ class Device:
     vendor_name: str | None = None
     device_name: str | None = None
     class_name: str | None = None
+    os_names: tuple[str, ...] = ()  # the OS's names below the function: net, infiniband, nvme, drm
 
     @property
     def devfn(self) -> int:
@@ -166,6 +167,9 @@ class HostBridge:
     root_devices: tuple[str, ...]
     host_dev: str | None
     proximity_domain: int | None = None
+    # False when the input cannot show the device pci_host_bridge_dev() would pick (NCCL XML lists
+    # none, hwloc drops 00.0, a filtered lspci dump): ``host_dev`` is then None, never a stand-in.
+    host_bridge_dev_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +225,7 @@ class RawFunction:
     # Facts a source states outright (hwloc, spec) when it has no config bytes
     header_type: int | None = None
     port_type: int | None = None
+    os_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +240,8 @@ class Topology:
     kernel_release: str | None = None
     warnings: tuple[str, ...] = ()
     source: str = ""
+    # GPU pairs (BDF, BDF), both orders, joined by NVLink/NVSwitch (hwloc, NCCL): not a PCIe path
+    nvlinks: frozenset[tuple[str, str]] = frozenset()
     index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
     hb_index: dict[str, int] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
@@ -476,6 +483,7 @@ def build_topology(
                 vendor_name=vname,
                 device_name=dname,
                 class_name=cname,
+                os_names=r.os_names,
             )
         )
 

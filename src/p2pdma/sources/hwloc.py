@@ -7,6 +7,12 @@ every function: the verdict marks every pair below a common bridge uncertain. Po
 inferred from the nesting; ``pci_link_speed`` (GB/s of the whole link) cannot be split into
 GT/s and width and is not used.
 
+hwloc filters host bridge devices (class 0600) out, so where a root bus shows no 00.0 function the
+device pci_host_bridge_dev() picks is not in the input: that host bridge is marked
+``host_bridge_dev_known=False`` and no root port stands in for it. ``OSDev`` objects give the OS's
+names below a function (``mlx5_0``, ``eth0``, ``nvme0n1``, ``cuda0``); the ``NVLinkBandwidth``
+matrix (``distances2hetero``) gives GPU pairs joined by NVLink, directly or through NVSwitches.
+
 The XML is parsed with expat directly, refusing any DTD internal subset or entity declaration
 (no entity expansion, no external fetch); the plain ``<!DOCTYPE topology SYSTEM "hwloc2.dtd">``
 line hwloc writes is accepted.
@@ -14,6 +20,7 @@ line hwloc writes is accepted.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -33,6 +40,11 @@ PCI_TYPE_RE = re.compile(
 )
 HOST_TO_PCI = "0-1"
 PCI_TO_PCI = "1-1"
+NVLINK_MATRIX = "NVLinkBandwidth"
+MAX_MATRIX = 4096  # objects in one distance matrix
+# Vendors a CPUModel string names unambiguously where hwloc gave no CPUVendor (none of them is AMD,
+# so the kernel's AMD Zen rule cannot apply whatever the family)
+MODEL_VENDORS = (("Intel(R)", "GenuineIntel"), ("POWER", "IBM POWER"))
 
 
 
@@ -71,6 +83,9 @@ class _Walker:
         self.seen: set[str] = set()
         self.cpu: Cpu | None = None
         self.release: str | None = None
+        self.gp: dict[str, str] = {}  # "Type:gp_index" of PCI objects and their OSDevs -> BDF
+        self.os_names: dict[str, list[str]] = {}
+        self.nvswitch: set[str] = set()
 
     def _function(self, obj: ET.Element, host_bridge: str | None, parent: str | None,
                   numa: int | None, bridge: bool) -> RawFunction | None:
@@ -109,19 +124,25 @@ class _Walker:
             header_type=cfg.HEADER_BRIDGE if is_bridge else cfg.HEADER_NORMAL,
         )
         self.raws.append(raw)
+        if obj.get("gp_index"):
+            self.gp[f"{obj.get('type')}:{obj.get('gp_index')}"] = busid
+        if obj.get("subtype") == "NVSwitch":
+            self.nvswitch.add(busid)
         return raw
 
     def walk(self, top: ET.Element) -> None:
-        # (element, host bridge, parent bridge BDF, NUMA node) - iterative, any depth
-        stack: list[tuple[ET.Element, str | None, str | None, int | None]] = [(top, None, None, None)]
+        # (element, host bridge, parent bridge BDF, NUMA node, PCI function it belongs to) - iterative
+        stack: list[tuple[ET.Element, str | None, str | None, int | None, str | None]] = [
+            (top, None, None, None, None)
+        ]
         while stack:
-            obj, hb, parent, numa = stack.pop()
-            kids_hb, kids_parent, kids_numa = hb, parent, numa
+            obj, hb, parent, numa, owner = stack.pop()
+            kids_hb, kids_parent, kids_numa, kids_owner = hb, parent, numa, owner
             if obj.tag == "info" and self.release is None and obj.get("name") == "OSRelease":
                 self.release = obj.get("value")
             if obj.tag == "object":
                 kind = obj.get("type")
-                if kind == "Package" and self.cpu is None:
+                if kind in ("Package", "Socket") and self.cpu is None:
                     self._cpu(obj)
                 if kind == "Bridge":
                     btype = obj.get("bridge_type", "")
@@ -139,22 +160,67 @@ class _Walker:
                             self.warnings.append(f"{obj.get('pci_busid')}: bridge type {btype!r} read as PCI-to-PCI")
                         raw = self._function(obj, hb, parent, numa, bridge=True)
                         if raw is not None:
-                            kids_hb, kids_parent = raw.host_bridge, raw.bdf
+                            kids_hb, kids_parent, kids_owner = raw.host_bridge, raw.bdf, raw.bdf
                 elif kind == "PCIDev":
                     raw = self._function(obj, hb, parent, numa, bridge=False)
+                    if raw is not None:
+                        kids_owner = raw.bdf
                     if raw is not None and raw.header_type == cfg.HEADER_BRIDGE:
                         kids_hb, kids_parent = raw.host_bridge, raw.bdf
+                elif kind == "OSDev" and owner is not None:
+                    if obj.get("name"):
+                        self.os_names.setdefault(owner, []).append(obj.get("name", "")[:64])
+                    if obj.get("gp_index"):
+                        self.gp[f"OSDev:{obj.get('gp_index')}"] = owner
                 elif kind not in ("OSDev", "Misc") and hb is None:
                     single = _bitmap_single(obj.get("nodeset"))
                     if obj.get("nodeset") is not None:
                         kids_numa = single
             for child in reversed(list(obj)):
-                stack.append((child, kids_hb, kids_parent, kids_numa))
+                stack.append((child, kids_hb, kids_parent, kids_numa, kids_owner))
+
+    def nvlinks(self, top: ET.Element) -> set[tuple[str, str]]:
+        """GPU pairs of the ``NVLinkBandwidth`` matrices: a non-zero entry between two GPUs, or both
+        GPUs linked to NVSwitches (one switched fabric, as NCCL models it with one NVS node)."""
+        pairs: set[tuple[str, str]] = set()
+        for dist in top.iter("distances2hetero"):
+            if dist.get("name") != NVLINK_MATRIX:
+                continue
+            names = " ".join(i.text or "" for i in dist if i.tag == "indexes").split()
+            try:
+                values = [int(v) for v in " ".join(u.text or "" for u in dist if u.tag == "u64values").split()]
+            except ValueError:
+                self.warnings.append("NVLinkBandwidth matrix with non-numeric values; ignored")
+                continue
+            n = len(names)
+            if n > MAX_MATRIX or len(values) != n * n:
+                self.warnings.append(f"NVLinkBandwidth matrix of {n} objects has {len(values)} values; ignored")
+                continue
+            bdfs = [self.gp.get(x) for x in names]
+            on_switch: set[str] = set()
+            for i, a in enumerate(bdfs):
+                for j, c in enumerate(bdfs):
+                    if i == j or a is None or c is None or a == c or not (values[i * n + j] or values[j * n + i]):
+                        continue
+                    if c in self.nvswitch and a not in self.nvswitch:
+                        on_switch.add(a)
+                    elif a not in self.nvswitch and c not in self.nvswitch:
+                        pairs.update({(a, c), (c, a)})
+            ordered = sorted(on_switch)
+            for i, a in enumerate(ordered):
+                for c in ordered[i + 1:]:
+                    pairs.update({(a, c), (c, a)})
+        return pairs
 
     def _cpu(self, pkg: ET.Element) -> None:
         vendor = _info(pkg, "CPUVendor")
+        model_name = _info(pkg, "CPUModel") or ""
         if not vendor:
-            return
+            vendor = next((v for key, v in MODEL_VENDORS if key in model_name), None)
+            if vendor is None:
+                return
+            self.warnings.append(f"hwloc gives no CPUVendor; {vendor} read from CPUModel {model_name[:60]!r}"
+                                 " (family and model numbers not given)")
         try:
             family = int(_info(pkg, "CPUFamilyNumber") or "0")
             model = int(_info(pkg, "CPUModelNumber") or "0")
@@ -178,6 +244,7 @@ def parse_hwloc(data: bytes, *, name: str, where: str = "hwloc XML") -> Topology
     w.walk(top)
     if not w.raws:
         raise SourceError(f"{where}: no PCI objects (export with I/O objects: lstopo --whole-io --of xml)")
+    nvlinks = w.nvlinks(top)
     topo = build_topology(
         w.raws,
         name=name,
@@ -192,16 +259,29 @@ def parse_hwloc(data: bytes, *, name: str, where: str = "hwloc XML") -> Topology
         f"hwloc XML carries no PCI config space: ACS unknown for all {len(topo.devices)} functions;"
         " pairs below a common bridge are uncertain"
     ]
+    hbs = []
     for hb in topo.host_bridges:
-        if not any(topo[b].devfn == 0 for b in hb.root_devices):
-            used = f"uses {hb.host_dev}" if hb.host_dev else "finds no device"
-            notes.append(
-                f"{hb.name}: hwloc lists no 00.0 function on the root bus (hwloc filters host bridge devices);"
-                f" the host bridge whitelist check {used}"
-            )
-    from dataclasses import replace
-
-    return replace(topo, warnings=(*topo.warnings, *notes))
+        at_zero = [b for b in hb.root_devices if topo[b].devfn == 0 and topo[b].bus == hb.bus]
+        if at_zero:
+            hbs.append(dataclasses.replace(hb, host_dev=at_zero[0]))
+            continue
+        hbs.append(dataclasses.replace(hb, host_dev=None, host_bridge_dev_known=False))
+        first = f" (the first it lists is {hb.root_devices[0]})" if hb.root_devices else ""
+        notes.append(
+            f"{hb.name}: host bridge device not in this input: hwloc lists no 00.0 function on the root bus"
+            f"{first}, as it filters host bridge devices; the host bridge whitelist cannot be evaluated"
+        )
+    if nvlinks:
+        gpus = len({a for a, _ in nvlinks})
+        notes.append(f"NVLink joins {len(nvlinks) // 2} GPU pairs ({gpus} GPUs"
+                     + (f", {len(w.nvswitch)} NVSwitches" if w.nvswitch else "")
+                     + "): PCIe P2P is not their data path")
+    devices = tuple(
+        dataclasses.replace(d, os_names=tuple(dict.fromkeys(w.os_names[d.bdf]))) if d.bdf in w.os_names else d
+        for d in topo.devices
+    )
+    return dataclasses.replace(topo, devices=devices, host_bridges=tuple(hbs), nvlinks=frozenset(nvlinks),
+                               warnings=(*topo.warnings, *notes))
 
 
 def read_hwloc(path: str | os.PathLike[str]) -> Topology:

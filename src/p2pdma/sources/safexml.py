@@ -52,7 +52,11 @@ def parse(data: bytes, *, max_nesting: int, allow_plain_doctype: bool, what: str
     parser.ExternalEntityRefHandler = external
     parser.StartElementHandler = start
     parser.EndElementHandler = end
-    parser.Parse(data, True)
+    parser.CharacterDataHandler = builder.data  # element text (hwloc's distance matrices)
+    try:
+        parser.Parse(data, True)
+    except (LookupError, ValueError) as exc:  # an encoding= expat cannot use (unknown, multi-byte)
+        raise XmlRefused(f"the XML declares an encoding Python cannot decode ({str(exc)[:80]})") from None
     root: ET.Element = builder.close()
     return root
 
