@@ -315,3 +315,46 @@ def test_xml_with_an_unknown_or_wrong_encoding_is_one_line(enc: str, root: str) 
     with pytest.raises(SourceError) as info:
         parse(data, name="x")
     assert "\n" not in str(info.value) and "XML" in str(info.value)
+
+
+VV_SWITCH = """\
+00:00.0 PCI bridge [0604]: Intel Corporation Device [8086:2030] (rev 04) (prog-if 00 [Normal decode])
+\tBus: primary=00, secondary=01, subordinate=03, sec-latency=0
+\tCapabilities: [90] Express (v2) Root Port (Slot-), MSI 00
+\t\tLnkCap:\tPort #0, Speed 8GT/s, Width x16, ASPM L1
+\tCapabilities: [100 v1] Advanced Error Reporting
+01:00.0 PCI bridge [0604]: PLX Technology, Inc. Device [10b5:8747] (rev ca)
+\tBus: primary=01, secondary=02, subordinate=03, sec-latency=0
+\tCapabilities: [68] Express (v2) Upstream Port, MSI 00
+\tCapabilities: [100 v1] Device Serial Number 00-00-00-00-00-00-00-00
+02:08.0 PCI bridge [0604]: PLX Technology, Inc. Device [10b5:8747] (rev ca)
+\tBus: primary=02, secondary=03, subordinate=03, sec-latency=0
+\tCapabilities: [68] Express (v2) Downstream Port (Slot+), MSI 00
+\t\tLnkCap:\tPort #8, Speed 8GT/s, Width x16, ASPM L1
+\tCapabilities: [148 v1] Access Control Services
+\t\tACSCap:\tSrcValid+ TransBlk+ ReqRedir+ CmpltRedir+ UpstreamFwd+ EgressCtrl+ DirectTrans+ ECVSize=32
+\t\tACSCtl:\tSrcValid+ TransBlk- ReqRedir- CmpltRedir- UpstreamFwd+ EgressCtrl{ec} DirectTrans-
+03:00.0 3D controller [0302]: NVIDIA Corporation Device [10de:2330] (rev a1)
+\tCapabilities: [68] Express (v2) Endpoint, MSI 00
+\tCapabilities: [100 v1] Advanced Error Reporting
+"""
+
+
+@pytest.mark.parametrize("ec", ["+", "-"])
+def test_vv_text_acs_with_egress_control(ec: str) -> None:
+    """A -vv-only (-nn) dump: ACS from the text; with EgressCtrl+ the vector (never printed) decides,
+    so that port's ACS stays unknown and the note says why; the vector size is read where shown."""
+    t = topology_from_dump(VV_SWITCH.format(ec=ec), name="vv")
+    dsp = t["0000:02:08.0"]
+    assert dsp.acs is not None and dsp.acs.ctrl == (0x11 | (0x20 if ec == "+" else 0))
+    assert cfg.egress_vector_bits(dsp.acs.cap) == 32 and dsp.port_number == 8
+    assert dsp.acs_known == (ec == "-")
+    assert t["0000:03:00.0"].parent == "0000:02:08.0" and t["0000:00:00.0"].acs_known
+    hb = t.host_bridge("pci0000:00")
+    assert hb.host_dev == "0000:00:00.0" and hb.host_bridge_dev_known  # -nn gives the IDs: 8086:2030
+    assert (t["0000:00:00.0"].vendor, t["0000:00:00.0"].device) == (0x8086, 0x2030)
+    notes = [w for w in t.warnings if w.startswith("ACS unknown")]
+    if ec == "+":
+        assert len(notes) == 1 and "Egress Control is on at 0000:02:08.0" in notes[0]
+    else:
+        assert notes == []
