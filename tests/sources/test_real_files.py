@@ -358,3 +358,33 @@ def test_vv_text_acs_with_egress_control(ec: str) -> None:
         assert len(notes) == 1 and "Egress Control is on at 0000:02:08.0" in notes[0]
     else:
         assert notes == []
+
+
+def _decision_reads_host_bridge_dev_known() -> bool:
+    import inspect
+
+    from p2pdma.p2p import decide, platform
+
+    return any("host_bridge_dev_known" in inspect.getsource(m) for m in (decide, platform))
+
+
+@pytest.mark.xfail(not _decision_reads_host_bridge_dev_known(), strict=True,
+                   reason="the decision side (p2p/, helper A) does not read host_bridge_dev_known yet")
+def test_no_verdict_is_certain_about_a_host_bridge_device_the_file_lacks() -> None:
+    """A verdict the host bridge decides (no common bridge or ACS redirect, not the AMD Zen CPU rule)
+    on a host bridge whose device the file lacks must be certain: false, naming that fact."""
+    if not FILES:
+        pytest.skip(SKIP)
+    offenders = []
+    for path in FILES:
+        topo = _open(path)
+        eps = [d.bdf for d in topo.endpoints][:24]
+        for p in eps:
+            for c in eps:
+                v = calc_map_type_and_dist(topo, p, c)
+                if v.map_type == MapType.BUS_ADDR or v.via == "cpu":
+                    continue
+                hbs = {topo[p].host_bridge, topo[c].host_bridge}
+                if any(not topo.host_bridge(h).host_bridge_dev_known for h in hbs) and v.certain:
+                    offenders.append((path.name, p, c))
+    assert offenders == []
