@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from p2pdma.check.invariants import INVARIANTS, first_broken
+from p2pdma.check.invariants import INVARIANTS, LIVENESS, blocked_ops, first_broken
 from p2pdma.check.models import ModelSpec, actions, cstate, initial
 from p2pdma.model import dmabuf as B
 from p2pdma.model import importers as I
@@ -48,6 +48,9 @@ class Result:
     bound: str | None
     trace: list[Step] = field(default_factory=list)
     reductions: bool = True
+    kind: str | None = None  # "safety" or "liveness" when violated
+    liveness_checked: bool = False
+    findings: list[str] = field(default_factory=list)  # the kernel's own defects met in some state
 
     @property
     def states_per_second(self) -> float:
@@ -69,6 +72,10 @@ class Result:
             "bound": self.bound,
             "symmetry_reduction": self.reductions,
             "invariants": [{"name": i.name, "statement": i.statement} for i in INVARIANTS],
+            "kind": self.kind,
+            "liveness": [{"name": i.name, "statement": i.statement, "checked": self.liveness_checked}
+                         for i in LIVENESS],
+            "findings": self.findings,
         }
 
 
@@ -84,7 +91,7 @@ def _importer_view(s: System, i: int) -> tuple[Any, ...]:
     ops = tuple(sorted(repr((op.valid_at_start, getattr(op, "invalidated", False),
                              getattr(op, "resets_at_start", 0)))
                        for op in (I.state(s).inflight[o] for o in imp.inflight)))
-    return (imp.mapped, imp.invalid, imp.notified, ops, *base)
+    return (imp.mapped, imp.invalid, imp.notified, imp.unmap_waits, ops, *base)
 
 
 def canonical(spec: ModelSpec, s: System, symmetry: bool = True) -> tuple[Any, ...]:
@@ -93,13 +100,17 @@ def canonical(spec: ModelSpec, s: System, symmetry: bool = True) -> tuple[Any, .
     per = [(spec.importers[i], _importer_view(s, i)) for i in range(len(spec.importers))]
     if symmetry:
         per = sorted(per, key=repr)
+    order = {b: n for n, b in enumerate(sorted(B.state(s).bufs))}  # buffer ids renamed by age
     vdevs = tuple(
-        (v.bdf, v.command, v.is_open, v.registered, tuple(p.reason for p in v.pending), v.unbind_after_close)
+        (v.bdf, v.command, v.is_open, v.registered, v.power_d3hot, v.pm_runtime_engaged, v.resets > 0,
+         tuple((p.reason, tuple(p.steps), p.phase, order.get(p.buf or -1), tuple(order.get(b) for b in p.todo or ()),
+                p.todo is None) for p in v.pending),
+         tuple(order.get(b) for b in v.dmabufs), v.unbind_after_close)
         for v in sorted(V._st(s).devices.values(), key=lambda v: v.bdf)
     )
     bufs = tuple(
-        (b.size, getattr(b.priv, "status", None), b.released, len(b.attachments), len(b.resv.unsignaled()),
-         b.resv.holder)
+        (b.size, getattr(b.priv, "status", None), getattr(b.priv, "kref", None), b.released, len(b.attachments),
+         len(b.resv.unsignaled()), b.resv.holder)
         for b in sorted(B.state(s).bufs.values(), key=lambda b: b.id)
     )
     bindings = tuple(sorted((k, b.driver, b.unbinding) for k, b in s.bindings.items()))
@@ -108,6 +119,7 @@ def canonical(spec: ModelSpec, s: System, symmetry: bool = True) -> tuple[Any, .
     return (
         bindings, tuple(sorted(s.p2pdma)), tuple(sorted(s.ext.get("released_bars", set()))),
         tuple(sorted(s.ext.get("unplugged", set()))), vdevs, bufs, tuple(per), c.exported is not None,
+        c.exports_done, len(c.export_tickets),
         tuple(sorted(c.used.items())), tuple(sorted({v.kind for v in s.violations})),
         tuple(sorted({e[0] for e in s.ext.get("events", [])})), live_maps,
     )
@@ -121,13 +133,16 @@ def describe(spec: ModelSpec, s: System) -> dict[str, str]:
     if v is not None:
         out["vfio device"] = ("open" if v.is_open else "closed") + (", memory decode on" if V.memory_enabled(v)
                                                                      else ", memory decode off")
+        if v.power_d3hot:
+            out["vfio device"] += ", D3hot"
         if v.pending:
-            out["vfio device"] += f", {'/'.join(p.reason for p in v.pending)} waiting for fences"
+            out["vfio device"] += "; blocked: " + "; ".join(blocked_ops(s))
     out["driver of owner"] = s.bindings[spec.owner].driver if spec.owner in s.bindings else "none (unbound)"
     for b in sorted(B.state(s).bufs.values(), key=lambda b: b.id):
         status = getattr(b.priv, "status", None)
-        out["dma-buf"] = (f"{status.name if status is not None else '?'}, {len(b.attachments)} attachment(s), "
-                          f"{len(b.resv.unsignaled())} unsignalled fence(s)")
+        label = "dma-buf" if b.id == min(B.state(s).bufs) else f"dma-buf #{sorted(B.state(s).bufs).index(b.id) + 1}"
+        out[label] = (f"{status.name if status is not None else '?'}, {len(b.attachments)} attachment(s), "
+                      f"{len(b.resv.unsignaled())} unsignalled fence(s)")
     for i in range(len(spec.importers)):
         imp_id = c.imports[i]
         kind = spec.importers[i][0]
@@ -181,30 +196,44 @@ def check(
     k0 = canonical(spec, init, symmetry)
     parent: dict[Any, tuple[Any, str] | None] = {k0: None}
     queue: deque[tuple[Any, System, int]] = deque([(k0, init, 0)])
+    succ: dict[Any, list[Any]] = {}  # edges, for the liveness pass
+    blocked: list[Any] = []  # states with a vfio operation that has not returned, in BFS order
+    findings: dict[str, None] = {}
     transitions = 0
     depth_seen = 0
     bound: str | None = None
     last_report = t0
     broken = first_broken(spec, init)
     found: tuple[Any, Any, str] | None = (k0, broken[0], broken[1]) if broken else None
+    if blocked_ops(init):
+        blocked.append(k0)
     while queue and found is None:
         key, s, depth = queue.popleft()
         depth_seen = max(depth_seen, depth)
         if depth >= max_depth:
             bound = bound or f"depth {max_depth}"
             continue
+        out = succ.setdefault(key, [])
         for label, fn in actions(spec, s):
             s2 = s.copy()
-            fn(s2)
+            try:
+                fn(s2)
+            except B.ResvWouldBlock:
+                continue  # the step sleeps on a lock: nothing happens until the holder unlocks
             transitions += 1
             k2 = canonical(spec, s2, symmetry)
+            out.append(k2)
             if k2 in parent:
                 continue
             parent[k2] = (key, label)
+            for f in s2.ext.get("findings", ()):
+                findings.setdefault(f[0])
             br = first_broken(spec, s2)
             if br is not None:
                 found = (k2, br[0], br[1])
                 break
+            if blocked_ops(s2):
+                blocked.append(k2)
             if len(parent) >= max_states:
                 bound = f"{max_states} states"
                 break
@@ -215,10 +244,22 @@ def check(
         if progress is not None and now - last_report > 2.0:
             progress(len(parent), depth_seen, now - t0)
             last_report = now
+    kind = "safety"
+    live_checked = False
+    if found is None and bound is None and blocked:
+        live_checked = True
+        stuck = _never_unblocked(succ, blocked, parent)
+        if stuck is not None:
+            inv = LIVENESS[0]
+            found = (stuck, inv, "")
+            kind = "liveness"
+    elif found is None and bound is None:
+        live_checked = True
     seconds = time.perf_counter() - t0
     if found is None:
         return Result(spec.name, "holds", None, None, len(parent), transitions, seconds, depth_seen,
-                      complete=bound is None, bound=bound, reductions=symmetry)
+                      complete=bound is None, bound=bound, reductions=symmetry, liveness_checked=live_checked,
+                      findings=list(findings))
     key, inv, why = found
     labels: list[str] = []
     cur: Any = key
@@ -227,9 +268,40 @@ def check(
         labels.append(label)
         cur = prev
     labels.reverse()
+    trace = replay(spec, labels)
+    if kind == "liveness":
+        s_end = initial(spec)
+        todo: dict[str, Callable[[System], Any]] = {}
+        for label in labels:
+            todo = dict(actions(spec, s_end))
+            todo[label](s_end)
+        why = inv.broken(spec, s_end) or "a vfio operation never completes"
     return Result(spec.name, "violated", inv.name, why, len(parent), transitions, seconds,
                   max(depth_seen, len(labels)), complete=True, bound=bound,
-                  trace=replay(spec, labels), reductions=symmetry)
+                  trace=trace, reductions=symmetry, kind=kind, liveness_checked=live_checked,
+                  findings=list(findings))
+
+
+def _never_unblocked(succ: dict[Any, list[Any]], blocked: list[Any], parent: dict[Any, Any]) -> Any | None:
+    """The first state (in breadth-first order, so the shortest trace) with a blocked vfio
+    operation from which no continuation reaches a state where nothing is blocked."""
+    bset = set(blocked)
+    pred: dict[Any, list[Any]] = {}
+    for a, outs in succ.items():
+        for b in outs:
+            pred.setdefault(b, []).append(a)
+    can = {k for k in parent if k not in bset}  # nothing blocked there
+    todo = deque(can)
+    while todo:
+        k = todo.popleft()
+        for p in pred.get(k, ()):
+            if p not in can:
+                can.add(p)
+                todo.append(p)
+    for k in blocked:
+        if k not in can:
+            return k
+    return None
 
 
 def replay(spec: ModelSpec, labels: list[str]) -> list[Step]:
@@ -241,7 +313,7 @@ def replay(spec: ModelSpec, labels: list[str]) -> list[Step]:
         todo = dict(actions(spec, s))
         if label not in todo:
             raise RuntimeError(f"trace step {n} ({label}) is not enabled on replay")
-        todo[label](s)
+        todo[label](s)  # a step in a trace never slept on a lock (those are not transitions)
         after = describe(spec, s)
         steps.append(Step(n, label, _diff(before, after)))
         before = after

@@ -20,6 +20,7 @@ class Invariant:
     name: str
     statement: str
     broken: Callable[[ModelSpec, System], str | None]
+    kind: str = "safety"  # safety: no reachable state breaks it; liveness: every wait can end
 
 
 def _sanitizer(spec: ModelSpec, s: System) -> str | None:
@@ -30,8 +31,42 @@ def _sanitizer(spec: ModelSpec, s: System) -> str | None:
 def _revoke_waits(spec: ModelSpec, s: System) -> str | None:
     for ev in s.ext.get("events", []):
         if ev[0] == "revoke-early":
-            return f"{ev[2]} of {ev[1]} completed while dma-buf(s) {list(ev[3])} had unsignalled fences"
+            return (f"{ev[2]} of {ev[1]} went on while dma-buf(s) {list(ev[3])} had unsignalled fences or "
+                    "live mappings")
     return None
+
+
+def _no_usable_buffer_while_off(spec: ModelSpec, s: System) -> str | None:
+    """Un-revoke and export are serialised with revokes: no buffer on the device's list is usable
+    (not revoked) while its memory does not decode, unless the op that changes that is running."""
+    for v in V._st(s).devices.values():
+        if not v.is_open or V.memory_enabled(v) or v.busy is not None:
+            continue
+        for b in v.dmabufs:
+            buf = B.state(s).bufs.get(b)
+            if buf is not None and not buf.released and not buf.priv.revoked:
+                return f"dma-buf {b} of {v.bdf} is usable while its memory decode is off"
+    return None
+
+
+def _unrevoke_waits(spec: ModelSpec, s: System) -> str | None:
+    for ev in s.ext.get("events", []):
+        if ev[0] == "unrevoke-early":
+            return f"{ev[2]} of {ev[1]} made dma-buf(s) {list(ev[3])} usable again before their fences signalled"
+    return None
+
+
+def blocked_ops(s: System) -> list[str]:
+    """The vfio operations that have not returned (inside or queued for memory_lock)."""
+    return [f"{op.reason} of {v.bdf} (waits for {op.waiting})" for v in V._st(s).devices.values()
+            for op in v.pending]
+
+
+def _revoke_completes(spec: ModelSpec, s: System) -> str | None:
+    """The liveness rule's state predicate: a state where an operation is blocked. The explorer
+    reports it only when no continuation from the state lets every blocked operation finish."""
+    ops = blocked_ops(s)
+    return f"{ops[0]} never completes: no continuation lets it finish" if ops else None
 
 
 def _no_mapping_after_revoke(spec: ModelSpec, s: System) -> str | None:
@@ -104,6 +139,14 @@ INVARIANTS: tuple[Invariant, ...] = (
     Invariant("resv-locking", "mapping and invalidation happen under the reservation lock", _locking),
     Invariant("no-leak-after-close", "after close nothing leaks (attachments, mappings, IOVAs, pages)",
               _no_leak_after_close),
+    Invariant("no-usable-buffer-while-decode-off", "no exported buffer is usable while its BAR does not decode "
+              "(exports and un-revokes are serialised with revokes by memory_lock)", _no_usable_buffer_while_off),
+    Invariant("unrevoke-waits", "a buffer becomes usable again only after its fences signalled", _unrevoke_waits),
+)
+
+LIVENESS: tuple[Invariant, ...] = (
+    Invariant("revoke-completes", "every revoke (and every vfio operation behind it) eventually completes",
+              _revoke_completes, kind="liveness"),
 )
 
 

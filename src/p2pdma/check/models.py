@@ -5,14 +5,22 @@ Bundled models (``p2pdma check NAME``):
 
 - ``dmabuf-revoke``: vfio exports a GPU BAR, dynamic (rdma) importers on a NIC map and DMA;
   decode-off, decode-on, reset, close and unbind may strike at any point. Holds.
-- ``importer-ignores-invalidate``: the same with an importer that ignores move_notify. Violated.
-- ``pinned-importer``: a static importer that wants pinning: vfio refuses it at attach. Holds.
+- ``importer-ignores-invalidate``: the same with an importer that ignores invalidation and keeps
+  using its mapping (the revoke waits for its unmap, its DMA after invalidation is caught). Violated.
+- ``importer-never-unmaps``: an importer that ignores invalidation and never unmaps: the revoke
+  never completes (a liveness failure, with the shortest trace to where it cannot). Violated.
+- ``unrevoke-waits``: decode off and on again with DMA in flight: the un-revoke waits for the
+  fences before the buffer is usable again (Linux 7.2). Holds.
+- ``export-during-revoke``: a second export while a decode-off revoke waits: it sleeps on
+  memory_lock and is born revoked. Holds.
+- ``pinned-importer``: a static importer (no importer ops, so no peer2peer): vfio refuses it at
+  attach (7.2: vfio has no .pin at all). Holds.
 - ``provider-no-revoke``: the provider layer alone, a peer DMAs into the BAR, and the owning
   driver may unbind at any time: the objection's case. Violated.
-- ``provider-with-revoke``: the same memory exported through vfio's dma-buf: unbind closes the
-  device, which revokes and waits. Holds.
-- ``revoke-no-wait``: ``dmabuf-revoke`` with a seeded exporter bug (revoke does not wait for
-  fences). Violated.
+- ``provider-with-revoke``: the same memory exported through vfio's dma-buf: unbind waits for the
+  user's close (request notifier), which revokes and waits. Holds.
+- ``revoke-no-wait``: ``dmabuf-revoke`` with a seeded exporter bug (the revoke waits for neither
+  fences nor unmaps). Violated.
 """
 
 from __future__ import annotations
@@ -23,17 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from p2pdma.errors import InputError, KernelError, P2pdmaError
 from p2pdma.model import dma as D
+from p2pdma.model import dmabuf as B
 from p2pdma.model import fabric as F
 from p2pdma.model import importers as I
 from p2pdma.model import provider as P
 from p2pdma.model import vfio as V
-from p2pdma.model.system import PAGE_SIZE, System
+from p2pdma.model.system import PAGE_SIZE, System, fast_copy
 
-TRIGGERS = ("decode-off", "decode-on", "reset", "close", "unbind", "unplug")
+CLASSIC_TRIGGERS = ("decode-off", "decode-on", "reset", "close", "unbind", "unplug")
+TRIGGERS = (*CLASSIC_TRIGGERS, "d3hot", "d0", "flr", "pm-entry", "pm-exit", "hot-reset")
+MODES = ("vfio", "provider")
 DMA_LEN = 64
 
 
@@ -47,12 +56,13 @@ class ModelSpec:
     bar: int = 1
     importers: tuple[tuple[str, str], ...] = (("rdma", "0000:05:00.0"),) * 2
     mode: str = "vfio"  # vfio: dma-buf export; provider: the provider layer alone
-    triggers: tuple[str, ...] = TRIGGERS
+    triggers: tuple[str, ...] = CLASSIC_TRIGGERS
     dma_per_importer: int = 1
     wait_for_fences: bool = True
     static: bool = False
     expect: str = "holds"
     description: str = ""
+    exports: int = 1
 
     def with_importers(self, n: int) -> ModelSpec:
         """The same model with ``n`` importers like the first one."""
@@ -70,7 +80,17 @@ BUNDLED: dict[str, ModelSpec] = {
     "importer-ignores-invalidate": ModelSpec(
         "importer-ignores-invalidate", importers=(("ignores-invalidate", "0000:05:00.0"),),
         triggers=("decode-off", "reset", "close"), expect="violated",
-        description="an importer that ignores move_notify keeps using a revoked buffer"),
+        description="an importer that ignores invalidation keeps using a revoked buffer"),
+    "importer-never-unmaps": ModelSpec(
+        "importer-never-unmaps", importers=(("never-unmaps", "0000:05:00.0"),),
+        triggers=("decode-off", "reset", "close"), dma_per_importer=0, expect="violated",
+        description="an importer that never unmaps: the revoke never completes (liveness)"),
+    "unrevoke-waits": ModelSpec(
+        "unrevoke-waits", importers=(RDMA_NIC,), triggers=("decode-off", "decode-on", "d3hot", "d0"),
+        dma_per_importer=2, description="decode and power off and on with DMA in flight: un-revoke waits for fences"),
+    "export-during-revoke": ModelSpec(
+        "export-during-revoke", importers=(RDMA_NIC,), triggers=("decode-off", "decode-on", "flr"), exports=2,
+        description="an export while a revoke waits sleeps on memory_lock and is born revoked"),
     "pinned-importer": ModelSpec(
         "pinned-importer", importers=(RDMA_NIC,), static=True, triggers=("decode-off", "close"),
         description="a static importer that wants pinning is refused at attach"),
@@ -79,13 +99,122 @@ BUNDLED: dict[str, ModelSpec] = {
         triggers=("unbind",), expect="violated",
         description="the provider layer alone: the owner unbinds while a peer DMAs"),
     "provider-with-revoke": ModelSpec(
-        "provider-with-revoke", importers=(RDMA_NIC,), triggers=("unbind",),
-        description="the same memory behind vfio's dma-buf: unbind closes, revokes and waits"),
+        "provider-with-revoke", importers=(RDMA_NIC,), triggers=("unbind", "close"),
+        description="the same memory behind vfio's dma-buf: unbind waits for close, which revokes and waits"),
     "revoke-no-wait": ModelSpec(
         "revoke-no-wait", importers=(RDMA_NIC,), triggers=("decode-off", "reset", "close"),
         wait_for_fences=False, expect="violated",
-        description="seeded exporter bug: revoke does not wait for fences"),
+        description="seeded exporter bug: revoke waits for neither fences nor unmaps"),
 }
+
+
+_FIELD_TYPES: dict[str, type] = {"name": str, "machine": str, "owner": str, "bar": int, "mode": str,
+                                 "dma_per_importer": int, "wait_for_fences": bool, "static": bool, "expect": str,
+                                 "description": str, "exports": int}
+EXPECTS = ("holds", "violated")
+
+
+def _bad(where: str, path: str, msg: str) -> InputError:
+    return InputError(f"{where}: {path}: {msg}")
+
+
+def model_from_data(data: Any, where: str, default_name: str) -> ModelSpec:
+    """Validate a model document by type and range, each error naming the field's path."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: top level must be a mapping")
+    known = set(ModelSpec.__dataclass_fields__)
+    bad = {str(k) for k in data} - known
+    if bad:
+        raise InputError(f"{where}: unknown keys {sorted(bad)} (known: {sorted(known)})")
+    out: dict[str, Any] = {}
+    for key, want in _FIELD_TYPES.items():
+        if key not in data:
+            continue
+        v = data[key]
+        if want is int and (type(v) is not int):
+            raise _bad(where, key, f"must be an integer, not {type(v).__name__} {v!r}")
+        if want is bool and type(v) is not bool:
+            raise _bad(where, key, f"must be true or false, not {type(v).__name__} {v!r}")
+        if want is str and not isinstance(v, str):
+            raise _bad(where, key, f"must be text, not {type(v).__name__} {v!r}")
+        out[key] = v
+    if "bar" in out and not 0 <= out["bar"] < 6:
+        raise _bad(where, "bar", f"must be a BAR number 0-5, not {out['bar']}")
+    for key, hi in (("dma_per_importer", 4), ("exports", 4)):
+        if key in out and not (0 if key == "dma_per_importer" else 1) <= out[key] <= hi:
+            raise _bad(where, key, f"must be within {0 if key == 'dma_per_importer' else 1}-{hi} (the checker's "
+                                   f"bound), not {out[key]}")
+    if "mode" in out and out["mode"] not in MODES:
+        raise _bad(where, "mode", f"must be one of {', '.join(MODES)}, not {out['mode']!r}")
+    if "expect" in out and out["expect"] not in EXPECTS:
+        raise _bad(where, "expect", f"must be one of {', '.join(EXPECTS)}, not {out['expect']!r}")
+    if "importers" in data:
+        imps = data["importers"]
+        if not isinstance(imps, list) or not 1 <= len(imps) <= 4:
+            raise _bad(where, "importers", "must be a list of 1-4 {kind, dev} (the checker's bound)")
+        parsed = []
+        for k, x in enumerate(imps):
+            if not isinstance(x, dict) or set(x) != {"kind", "dev"}:
+                raise _bad(where, f"importers[{k}]", "must be a mapping with exactly kind and dev")
+            for f in ("kind", "dev"):
+                if not isinstance(x[f], str):
+                    raise _bad(where, f"importers[{k}].{f}", f"must be text, not {type(x[f]).__name__}")
+            kind = I.ALIASES.get(x["kind"], x["kind"])
+            if kind not in I.KINDS and kind != "peer":
+                raise _bad(where, f"importers[{k}].kind", f"unknown importer kind {x['kind']!r}")
+            parsed.append((kind, x["dev"]))
+        out["importers"] = tuple(parsed)
+    if "triggers" in data:
+        trig = data["triggers"]
+        if not isinstance(trig, list):
+            raise _bad(where, "triggers", f"must be a list of trigger names, not {type(trig).__name__}")
+        for k, t in enumerate(trig):
+            if not isinstance(t, str):
+                raise _bad(where, f"triggers[{k}]", f"must be text, not {type(t).__name__} {t!r}")
+        unknown = [t for t in trig if t not in TRIGGERS]
+        if unknown:
+            raise InputError(f"{where}: unknown triggers {unknown} (known: {', '.join(TRIGGERS)})")
+        out["triggers"] = tuple(trig)
+    out.setdefault("name", default_name)
+    return ModelSpec(**out)
+
+
+def _load_yaml(p: Path) -> Any:
+    """The YAML loader: the project's safe loader when present (sources.safeyaml), else
+    yaml.safe_load on a bounded read of a regular file."""
+    try:
+        from p2pdma.sources import safeyaml  # type: ignore[attr-defined]
+    except ImportError:
+        safeyaml = None
+    if safeyaml is not None and hasattr(safeyaml, "load_path"):
+        return safeyaml.load_path(p)
+    import stat
+
+    import yaml
+
+    try:
+        st = p.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{p}: not a regular file")
+        if st.st_size > 1 << 20:
+            raise InputError(f"{p}: {st.st_size} bytes is more than a model may have (1 MiB)")
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{p}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if "&" in text or "*" in text:
+        # aliases can expand without bound ("billion laughs"): a model needs none
+        import re
+
+        if re.search(r"(^|[\s\[{,])[&*][A-Za-z0-9_-]", text):
+            raise InputError(f"{p}: YAML anchors and aliases are not allowed in a model")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise InputError(f"{p}: nested too deeply") from None
 
 
 def load_model(name_or_file: str) -> ModelSpec:
@@ -95,35 +224,7 @@ def load_model(name_or_file: str) -> ModelSpec:
     p = Path(name_or_file)
     if p.suffix not in (".yaml", ".yml", ".json"):
         raise InputError(f"unknown model {name_or_file!r} (bundled: {', '.join(BUNDLED)}; or a .yaml file)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{p}: top level must be a mapping")
-    known = set(ModelSpec.__dataclass_fields__)
-    bad = set(data) - known
-    if bad:
-        raise InputError(f"{p}: unknown keys {sorted(bad)} (known: {sorted(known)})")
-    if "importers" in data:
-        imps = data["importers"]
-        if not isinstance(imps, list) or not all(isinstance(x, dict) and "kind" in x and "dev" in x for x in imps):
-            raise InputError(f"{p}: importers must be a list of {{kind, dev}}")
-        data["importers"] = tuple((str(x["kind"]), str(x["dev"])) for x in imps)
-    if "triggers" in data:
-        trig = tuple(str(t) for t in data["triggers"])
-        unknown = [t for t in trig if t not in TRIGGERS]
-        if unknown:
-            raise InputError(f"{p}: unknown triggers {unknown} (known: {', '.join(TRIGGERS)})")
-        data["triggers"] = trig
-    data.setdefault("name", p.stem)
-    spec = ModelSpec(**data)
-    for kind, _ in spec.importers:
-        if kind not in I.KINDS and kind != "peer":
-            raise InputError(f"{p}: unknown importer kind {kind!r}")
-    return spec
+    return model_from_data(_load_yaml(p), str(p), p.stem)
 
 
 @dataclass
@@ -131,12 +232,17 @@ class CheckState:
     """The checker's own bookkeeping inside the System (so it is copied with it)."""
 
     exported: int | None = None
+    exports_done: int = 0  # export ioctls issued
+    export_tickets: list[int] = field(default_factory=list)  # exports sleeping on memory_lock
     imports: list[int | None] = field(default_factory=list)
     dma_started: list[int] = field(default_factory=list)
     used: dict[str, int] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     peer_addr: list[int | None] = field(default_factory=list)
     peer_inflight: list[bool] = field(default_factory=list)
+
+
+fast_copy(CheckState)
 
 
 def cstate(system: System) -> CheckState:
@@ -175,15 +281,36 @@ Action = tuple[str, Callable[[System], Any]]
 
 
 def _try(label: str, fn: Callable[[System], Any]) -> Action:
-    """An action whose kernel error is part of the behaviour (recorded, not raised)."""
+    """An action whose kernel error is part of the behaviour (recorded, not raised). A call that
+    sleeps on a reservation lock (ResvWouldBlock) did nothing: the explorer drops that step. An
+    ioctl that sleeps inside the kernel (IoctlBlocked) is state, not an error."""
 
     def run(s: System) -> None:
         try:
             fn(s)
+        except B.ResvWouldBlock:
+            raise
+        except V.IoctlBlocked:
+            pass
         except P2pdmaError as exc:  # a kernel refusal, or a violation the System recorded
             cstate(s).failed.append(f"{label}: {errno.errorcode.get(exc.errno, exc.errno)}")
+        _collect_exports(s)
 
     return label, run
+
+
+def _collect_exports(s: System) -> None:
+    """An export that slept returns once its memory_lock turn came: userspace now has the fd."""
+    c = cstate(s)
+    if not c.export_tickets:
+        return
+    for v in V._st(s).devices.values():
+        for t in list(c.export_tickets):
+            if t in v.done:
+                c.export_tickets.remove(t)
+                ret = v.done.pop(t)
+                if ret > 0 and c.exported is None:
+                    c.exported = ret
 
 
 def actions(spec: ModelSpec, s: System) -> list[Action]:
@@ -193,11 +320,18 @@ def actions(spec: ModelSpec, s: System) -> list[Action]:
     owner = spec.owner
     vdev = V._st(s).devices.get(owner)
     is_open = vdev is not None and vdev.is_open
-    if spec.mode == "vfio" and c.exported is None and is_open:
+    if spec.mode == "vfio" and c.exports_done < spec.exports and is_open and not c.export_tickets:
         def export(s: System) -> None:
             cs = cstate(s)
-            cs.exported = V.vfio_device_feature(s, owner, V.dma_buf_request(spec.bar, [(0, 2 * PAGE_SIZE)]))
-        out.append(_try("export", export))
+            cs.exports_done += 1
+            try:
+                buf = V.vfio_device_feature(s, owner, V.dma_buf_request(spec.bar, [(0, 2 * PAGE_SIZE)]))
+            except V.IoctlBlocked as blk:
+                cs.export_tickets.append(blk.ticket)
+                raise
+            if cs.exported is None:
+                cs.exported = buf
+        out.append(_try("export" if c.exports_done == 0 else f"export #{c.exports_done + 1}", export))
     ist = I.state(s)
     for i, (kind, dev) in enumerate(spec.importers):
         if kind == "peer":
@@ -231,7 +365,7 @@ def actions(spec: ModelSpec, s: System) -> list[Action]:
             def finish(s: System, o: int = op) -> None:
                 I.finish_dma(s, o)
             out.append(_try(f"importer {i} finishes its DMA" + (f" #{n + 1}" if n else ""), finish))
-        if not imp.inflight:
+        if not imp.inflight and kind != "never-unmaps":
             def rel(s: System, i: int = i, x: int = imp_id) -> None:
                 cstate(s).imports[i] = -1
                 I.release(s, x)
@@ -272,6 +406,17 @@ def _trigger(spec: ModelSpec, s: System, t: str) -> Callable[[System], Any] | No
         return lambda s: V.vfio_unbind(s, owner)
     if t == "unplug":
         return lambda s: V.vfio_unplug(s, owner)
+    if not open_:
+        return None
+    if t in ("d3hot", "d0"):
+        return lambda s: V.vfio_set_power(s, owner, "D3hot" if t == "d3hot" else "D0")
+    if t == "flr":
+        return lambda s: V.vfio_flr(s, owner)
+    if t == "hot-reset":
+        return lambda s: V.vfio_hot_reset(s, owner)
+    if t in ("pm-entry", "pm-exit"):
+        feat = V.VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY if t == "pm-entry" else V.VFIO_DEVICE_FEATURE_LOW_POWER_EXIT
+        return lambda s: V.vfio_device_feature(s, owner, V.feature_request(feat, V.VFIO_DEVICE_FEATURE_SET))
     return None
 
 

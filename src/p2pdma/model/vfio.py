@@ -596,6 +596,8 @@ def _move(system: System, v: VfioDevice, op: VfioOp, revoked: bool) -> bool:
                 priv.kref -= 1  # kref_put() of the creation reference
                 op.phase = "unmaps"
             else:
+                if buf.resv.unsignaled():  # only the seeded no-wait exporter gets here
+                    system.ext.setdefault("events", []).append(("unrevoke-early", v.bdf, op.reason, (buf.id,)))
                 priv.revoked = False  # under the lock again in the kernel
                 op.buf, op.phase = None, ""
                 continue
