@@ -388,3 +388,16 @@ def test_no_verdict_is_certain_about_a_host_bridge_device_the_file_lacks() -> No
                 if any(not topo.host_bridge(h).host_bridge_dev_known for h in hbs) and v.certain:
                     offenders.append((path.name, p, c))
     assert offenders == []
+
+
+def test_hostile_lspci_text_lines_stay_fast() -> None:
+    """Long header and detail lines (spaces, brackets) are cut before matching: bounded time."""
+    import time
+
+    text = ("00:00.0 " + " " * 200_000 + "\n\t" + "[1234:5678] " * 20_000 + "\n"
+            "00:01.0 PCI bridge" + "[0604]" * 30_000 + ": x\n\tLnkCap:\t" + "Speed " * 30_000 + "\n")
+    t0 = time.perf_counter()
+    t = topology_from_dump(text, name="hostile")
+    assert time.perf_counter() - t0 < 2.0
+    assert [d.bdf for d in t.devices] == ["0000:00:00.0", "0000:00:01.0"]
+    assert t["0000:00:00.0"].config_size == 0 and not t["0000:00:00.0"].acs_known

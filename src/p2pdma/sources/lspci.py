@@ -28,12 +28,13 @@ from p2pdma.sources import files
 
 MAX_DUMP = 64 << 20
 MAX_FUNCTIONS = 65536
+MAX_LINE = 512  # text kept per line: lspci's lines are far shorter, and the patterns stay linear
 HEADER_RE = re.compile(
     r"^(?:(?P<dom>[0-9a-fA-F]{4,8}):)?(?P<bus>[0-9a-fA-F]{2}):(?P<dev>[0-9a-fA-F]{2})\.(?P<fn>[0-7])(?:\s|$)"
 )
 HEX_RE = re.compile(r"^(?P<off>[0-9a-fA-F]{2,8}):(?P<bytes>(?: [0-9a-fA-F]{2})*)\s*$")
-CLASS_RE = re.compile(r"^\S+\s+(?P<name>[^:\[]+?)\s*(?:\[(?P<code>[0-9a-fA-F]{4})\])?:\s*(?P<rest>.*)$")
-IDS_RE = re.compile(r"\[(?P<ven>[0-9a-fA-F]{4}):(?P<dev>[0-9a-fA-F]{4})\](?!.*\[[0-9a-fA-F]{4}:[0-9a-fA-F]{4}\])")
+CODE_RE = re.compile(r"[0-9a-fA-F]{4}")
+IDS_RE = re.compile(r"\[(?P<ven>[0-9a-fA-F]{4}):(?P<dev>[0-9a-fA-F]{4})\]")
 PROGIF_RE = re.compile(r"\(prog-if (?P<pi>[0-9a-fA-F]{2})")
 CAP_RE = re.compile(r"^Capabilities: \[(?P<off>[0-9a-fA-F]+)(?: v\d+)?\] (?P<name>.*)$")
 BUS_RE = re.compile(r"^Bus: primary=(?P<pri>[0-9a-fA-F]{2}), secondary=(?P<sec>[0-9a-fA-F]{2}),"
@@ -150,14 +151,14 @@ def parse_dump(text: str, *, where: str = "lspci dump") -> list[_Func]:
             continue
         if line[0] in " \t":
             if cur is not None:
-                cur.text.append(line.strip())
+                cur.text.append(line.strip()[:MAX_LINE])
             continue
         m = HEADER_RE.match(line)
         if m:
             if len(funcs) >= MAX_FUNCTIONS:
                 raise SourceError(f"{where}: more than {MAX_FUNCTIONS} functions")
             cur = _Func(int(m["dom"] or "0", 16), int(m["bus"], 16), int(m["dev"], 16), int(m["fn"]),
-                        bytearray(), lineno, header=line)
+                        bytearray(), lineno, header=line[:MAX_LINE])
             funcs.append(cur)
             continue
         h = HEX_RE.match(line)
@@ -192,19 +193,26 @@ def _speed(text: str) -> float | None:
 def parse_text(f: _Func) -> _Text:
     """The facts of one function's header line and ``-v``/``-vv`` lines."""
     t = _Text()
-    cm = CLASS_RE.match(f.header)
-    if cm:
-        t.class_name = cm["name"].strip()
-        rest = cm["rest"]
+    # "BB:DD.F Class name [cccc]: Vendor Device [vvvv:dddd] (rev rr) (prog-if pp [...])", split by
+    # hand (no backtracking pattern over a hostile line)
+    parts = f.header.split(None, 1)
+    left, sep, rest = (parts[1] if len(parts) > 1 else "").partition(":")
+    if sep:
+        left = left.strip()
+        code = None
+        if len(left) >= 6 and left[-6] == "[" and left[-1] == "]" and CODE_RE.fullmatch(left[-5:-1]):
+            code, left = left[-5:-1], left[:-6].strip()
+        t.class_name = left
         pi = PROGIF_RE.search(rest)
         progif = int(pi["pi"], 16) if pi else 0
-        if cm["code"]:
-            t.class_code = (int(cm["code"], 16) << 8) | progif
+        if code:
+            t.class_code = (int(code, 16) << 8) | progif
             t.class_from_code = True
         elif t.class_name in CLASS_NAMES:
             t.class_code = (CLASS_NAMES[t.class_name] << 8) | progif
-        ids = IDS_RE.search(rest)
-        if ids and cm["code"]:
+        # the last [vvvv:dddd] is the function's own (a vendor name may hold brackets)
+        ids = next(reversed(list(IDS_RE.finditer(rest))), None)
+        if ids and code:
             t.vendor, t.device = int(ids["ven"], 16), int(ids["dev"], 16)
     t.detail_lines = len(f.text)
     in_acs = False
