@@ -226,9 +226,9 @@ def parse_text(f: _Func) -> _Text:
                 t.acs_offset = off
             if name.startswith("Express") and t.port_type is None:
                 kind = name.split(")", 1)[1].strip() if ")" in name else name
-                for label, code in EXPRESS_TYPES:
+                for label, ptype in EXPRESS_TYPES:
                     if kind.startswith(label):
-                        t.port_type = code
+                        t.port_type = ptype
                         break
             continue
         if line.startswith("Capabilities:") and "access denied" in line:
