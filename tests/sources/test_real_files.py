@@ -401,3 +401,20 @@ def test_hostile_lspci_text_lines_stay_fast() -> None:
     assert time.perf_counter() - t0 < 2.0
     assert [d.bdf for d in t.devices] == ["0000:00:00.0", "0000:00:01.0"]
     assert t["0000:00:00.0"].config_size == 0 and not t["0000:00:00.0"].acs_known
+
+
+def test_huge_nvlink_fabrics_are_bounded() -> None:
+    """A file claiming thousands of GPUs on one NVSwitch does not build millions of pairs."""
+    import time
+
+    gpu = ('<pci busid="0000:{b:02x}:{d:02x}.0" class="0x030200" vendor="0x10de" device="0x2330">'
+           '<gpu dev="0" sm="90" rank="0"><nvlink target="0000:00:00.0" count="18" tclass="0x068000"/></gpu></pci>')
+    body = "".join(gpu.format(b=1 + i // 32, d=i % 32) for i in range(1100))
+    data = f'<system version="1"><cpu numaid="0" vendor="GenuineIntel" familyid="6" modelid="143">{body}</cpu></system>'
+    t0 = time.perf_counter()
+    t = parse_nccl_xml(data.encode(), name="huge")
+    assert time.perf_counter() - t0 < 10
+    assert t.nvlinks == frozenset() and any("more than 1024" in w for w in t.warnings)
+    body = "".join(gpu.format(b=1 + i // 32, d=i % 32) for i in range(64))
+    t = parse_nccl_xml(data.replace(data[data.index("<pci"):data.index("</cpu>")], body).encode(), name="ok")
+    assert len(t.nvlinks) == 64 * 63

@@ -41,7 +41,7 @@ PCI_TYPE_RE = re.compile(
 HOST_TO_PCI = "0-1"
 PCI_TO_PCI = "1-1"
 NVLINK_MATRIX = "NVLinkBandwidth"
-MAX_MATRIX = 4096  # objects in one distance matrix
+MAX_MATRIX = 1024  # objects in one distance matrix (an NVL576 rack has 576 GPUs)
 # Vendors a CPUModel string names unambiguously where hwloc gave no CPUVendor (none of them is AMD,
 # so the kernel's AMD Zen rule cannot apply whatever the family)
 MODEL_VENDORS = (("Intel(R)", "GenuineIntel"), ("POWER", "IBM POWER"))
@@ -187,13 +187,16 @@ class _Walker:
             if dist.get("name") != NVLINK_MATRIX:
                 continue
             names = " ".join(i.text or "" for i in dist if i.tag == "indexes").split()
+            n = len(names)
+            if n > MAX_MATRIX:
+                self.warnings.append(f"NVLinkBandwidth matrix of {n} objects (more than {MAX_MATRIX}); ignored")
+                continue
             try:
                 values = [int(v) for v in " ".join(u.text or "" for u in dist if u.tag == "u64values").split()]
             except ValueError:
                 self.warnings.append("NVLinkBandwidth matrix with non-numeric values; ignored")
                 continue
-            n = len(names)
-            if n > MAX_MATRIX or len(values) != n * n:
+            if len(values) != n * n:
                 self.warnings.append(f"NVLinkBandwidth matrix of {n} objects has {len(values)} values; ignored")
                 continue
             bdfs = [self.gp.get(x) for x in names]

@@ -44,6 +44,7 @@ CPU_VENDORS = {
     "CentaurHauls": "CentaurHauls",
     "  Shanghai  ": "  Shanghai  ",
 }
+MAX_NVSWITCH_GPUS = 1024  # GPUs of one NVSwitch fabric whose pairs are listed (an NVL576 rack has 576)
 HYGON_FAMILY = 0x18  # Hygon Dhyana; no AMD part has this family
 
 
@@ -286,6 +287,9 @@ def _nvlink_pairs(b: _Builder, topo: Topology) -> tuple[frozenset[tuple[str, str
         if a in topo and c in topo and a != c:
             pairs.update({(a, c), (c, a)})
     sw = sorted(set(b.nvswitch))
+    if len(sw) > MAX_NVSWITCH_GPUS:
+        notes.append(f"{len(sw)} GPUs on the NVSwitch (more than {MAX_NVSWITCH_GPUS}): their NVLink pairs ignored")
+        sw = []
     for i, a in enumerate(sw):
         for c in sw[i + 1:]:
             pairs.update({(a, c), (c, a)})
