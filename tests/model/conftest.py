@@ -29,7 +29,7 @@ def model_spec(host_id: str = "8086:2020", **kw: Any) -> dict[str, Any]:
                     dev("0000:02:02.0", "1000:c030", port="switch-downstream", port_number=2,
                         children=[dev(NIC, "15b3:1021", bars=[{"size": "32M", "bits": 64}])]),
                     dev("0000:02:03.0", "1000:c030", port="switch-downstream", port_number=3,
-                        children=[dev(NVME, "144d:a80a", bars=[{"size": "16K", "bits": 64}])]),
+                        children=[dev(NVME, "144d:a80a", bars=[{"size": "2M", "bits": 64}])]),
                 ]),
             ]),
         ], bus_offset=BUS_OFFSET),

@@ -70,7 +70,7 @@ def test_only_kernel_errors_escape(data: st.DataObject) -> None:
     s = System(TOPO, seed=0)
     for b in (GPU, NIC):
         s.bind(b, "drv")
-    G.pci_p2pdma_add_resource(s, GPU, 1, 1 << 20)
+    G.pci_p2pdma_add_resource(s, GPU, 1, 2 << 20)
     state = D.DmaIovaState()
     handles: list[Any] = [P.pcim_p2pdma_provider(s, GPU, 1)]
     for _ in range(data.draw(st.integers(1, 25))):

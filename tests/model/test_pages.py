@@ -29,17 +29,22 @@ def test_add_resource_checks(system: System, topo: Topology) -> None:
     size = topo[GPU].bars[1].size
     assert errno_of(G.pci_p2pdma_add_resource, system, GPU, 1, 0, size) == errno.EINVAL  # offset >= len
     assert errno_of(G.pci_p2pdma_add_resource, system, GPU, 1, 2 * PAGE_SIZE, size - PAGE_SIZE) == errno.EINVAL
-    G.pci_p2pdma_add_resource(system, GPU, 1, 1 << 20, 1 << 20)
+    # mm/memory_hotplug.c:check_pfn_span() via devm_memremap_pages() (7.2): 2 MiB sub-sections only
+    assert errno_of(G.pci_p2pdma_add_resource, system, GPU, 1, 1 << 20, 1 << 20) == errno.EINVAL
+    assert errno_of(G.pci_p2pdma_add_resource, system, GPU, 1, 2 << 20, 1 << 20) == errno.EINVAL
+    assert errno_of(G.pci_p2pdma_add_resource, system, GPU, 1, 16 * PAGE_SIZE) == errno.EINVAL
+    assert G.sysfs_p2pmem(system, GPU) is None
+    G.pci_p2pdma_add_resource(system, GPU, 1, 2 << 20, 2 << 20)
     attrs = G.sysfs_p2pmem(system, GPU)
-    assert attrs == {"size": f"{1 << 20}\n", "available": f"{1 << 20}\n", "published": "0\n"}
+    assert attrs == {"size": f"{2 << 20}\n", "available": f"{2 << 20}\n", "published": "0\n"}
     G.pci_p2pdma_add_resource(system, GPU, 1)  # size 0: the rest of the BAR from offset 0
     assert G.sysfs_p2pmem(system, GPU) == {
-        "size": f"{(1 << 20) + size}\n", "available": f"{(1 << 20) + size}\n", "published": "0\n"}
+        "size": f"{(2 << 20) + size}\n", "available": f"{(2 << 20) + size}\n", "published": "0\n"}
     assert G.sysfs_p2pmem(system, NIC) is None
 
 
 def test_alloc_free_and_bus_addresses(system: System, topo: Topology) -> None:
-    G.pci_p2pdma_add_resource(system, GPU, 1, 1 << 20)
+    G.pci_p2pdma_add_resource(system, GPU, 1, 2 << 20)
     a = G.pci_alloc_p2pmem(system, GPU, 5000)  # rounds to two pages
     b = G.pci_alloc_p2pmem(system, GPU, PAGE_SIZE)
     assert a is not None and b is not None and b == a + 2 * PAGE_SIZE  # first fit, page granular
@@ -49,10 +54,10 @@ def test_alloc_free_and_bus_addresses(system: System, topo: Topology) -> None:
     assert G.pci_p2pmem_virt_to_bus(system, GPU, 0) == 0
     assert G.pci_p2pmem_virt_to_bus(system, NIC, a) == 0  # no p2pdma on the NIC
     avail = int(G.sysfs_p2pmem(system, GPU)["available"])  # type: ignore[index]
-    assert avail == (1 << 20) - 3 * PAGE_SIZE
+    assert avail == (2 << 20) - 3 * PAGE_SIZE
     G.pci_free_p2pmem(system, GPU, a, 5000)
     assert G.pci_alloc_p2pmem(system, GPU, 2 * PAGE_SIZE) == a  # the hole is reused
-    assert G.pci_alloc_p2pmem(system, GPU, 1 << 21) is None  # larger than the pool
+    assert G.pci_alloc_p2pmem(system, GPU, 1 << 22) is None  # larger than the pool
     assert G.pci_alloc_p2pmem(system, NIC, PAGE_SIZE) is None
     sgl = G.pci_p2pmem_alloc_sgl(system, GPU, 3 * PAGE_SIZE)
     assert sgl is not None and len(sgl) == 1 and sgl[0][1] == 3 * PAGE_SIZE
@@ -111,19 +116,19 @@ def test_find_ranks_hmat_bandwidth_before_distance() -> None:
 
 def test_mmap_rules(system: System) -> None:
     assert errno_of(G.p2pmem_alloc_mmap, system, GPU, PAGE_SIZE) == errno.ENODEV  # no p2pdma yet
-    G.pci_p2pdma_add_resource(system, GPU, 1, 16 * PAGE_SIZE)
+    G.pci_p2pdma_add_resource(system, GPU, 1, 2 << 20)  # 512 pages
     assert errno_of(G.p2pmem_alloc_mmap, system, GPU, PAGE_SIZE, shared=False) == errno.EINVAL
     assert errno_of(G.p2pmem_alloc_mmap, system, GPU, PAGE_SIZE, pgoff=1) == errno.EINVAL
-    m = G.p2pmem_alloc_mmap(system, GPU, 10 * PAGE_SIZE)
-    assert errno_of(G.p2pmem_alloc_mmap, system, GPU, 10 * PAGE_SIZE) == errno.ENOMEM
-    assert G.live_pages(system, GPU) == 10
+    m = G.p2pmem_alloc_mmap(system, GPU, 300 * PAGE_SIZE)
+    assert errno_of(G.p2pmem_alloc_mmap, system, GPU, 300 * PAGE_SIZE) == errno.ENOMEM
+    assert G.live_pages(system, GPU) == 300
     G.p2pmem_munmap(system, m)
     assert G.live_pages(system, GPU) == 0
-    assert int(G.sysfs_p2pmem(system, GPU)["available"]) == 16 * PAGE_SIZE  # type: ignore[index]
+    assert int(G.sysfs_p2pmem(system, GPU)["available"]) == 2 << 20  # type: ignore[index]
 
 
 def test_unbind_tears_down_mappings_and_waits_for_pages(system: System) -> None:
-    G.pci_p2pdma_add_resource(system, GPU, 1, 16 * PAGE_SIZE)
+    G.pci_p2pdma_add_resource(system, GPU, 1, 2 << 20)
     prov = P.pcim_p2pdma_provider(system, GPU, 1)
     assert prov is not None
     m = G.p2pmem_alloc_mmap(system, GPU, 4 * PAGE_SIZE)

@@ -15,7 +15,7 @@ from p2pdma.sources.spec import parse_spec
 from tests.model.conftest import GPU, NIC, model_spec
 
 TOPO = parse_spec(model_spec()).topology()
-POOL = 64 * PAGE_SIZE
+POOL = 512 * PAGE_SIZE  # one 2 MiB sub-section (devm_memremap_pages())
 
 
 class PoolMachine(RuleBasedStateMachine):

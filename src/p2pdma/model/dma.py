@@ -90,6 +90,14 @@ class IovaAllocator:
             idx -= 1
             hi = self.starts[idx] - 1
 
+    def reserve(self, lo: int, hi: int) -> None:
+        """Take pfns lo..hi out of the allocator for good (never handed out, never freed). Mirrors
+        reserve_iova() on an empty domain; ranges must not overlap what is already there."""
+        if any(lo <= self.ends[st] and st <= hi for st in self.starts):
+            return  # already covered (merged windows)
+        bisect.insort(self.starts, lo)
+        self.ends[lo] = hi
+
     def free(self, start: int) -> int:
         """Free a live range; returns its size in pages. Freeing what is not live is misuse."""
         size = self.live.pop(start, None)
@@ -173,8 +181,33 @@ def domain_of(system: System, dev: str) -> IommuDomain | None:
     grp = group_of(system, dev)
     doms = _iommu(system).domains
     if grp not in doms:
-        doms[grp] = IommuDomain(group=grp, type="identity" if system.iommu_mode == "identity" else "dma")
+        dom = doms[grp] = IommuDomain(group=grp, type="identity" if system.iommu_mode == "identity" else "dma")
+        if dom.type == "dma":
+            iova_reserve_pci_windows(system, dev, dom.iova)
     return doms[grp]
+
+
+def host_bridge_windows(system: System, dev: str) -> list[tuple[int, int]]:
+    """The memory windows of the device's host bridge, as bus address ranges (merged). The
+    topology has no _CRS, so the windows are the span of every memory BAR behind that bridge."""
+    hb = system.device(dev).host_bridge
+    spans = sorted((b.bus_start, b.bus_start + b.size - 1) for d in system.topo.devices if d.host_bridge == hb
+                   for b in d.bars if b.is_mem and b.size > 0)
+    out: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def iova_reserve_pci_windows(system: System, dev: str, iovad: IovaAllocator) -> None:
+    """Mirrors iova_reserve_pci_windows() (drivers/iommu/dma-iommu.c, 7.2): a DMA domain never hands
+    out IOVAs inside the host bridge's memory windows, which a peer's BAR could alias (a DMA to
+    such an address would be routed peer-to-peer instead of to the IOMMU)."""
+    for lo, hi in host_bridge_windows(system, dev):
+        iovad.reserve(lo >> PAGE_SHIFT, hi >> PAGE_SHIFT)
 
 
 def _translated(system: System, dev: str) -> IommuDomain | None:
@@ -202,7 +235,9 @@ def dma_map_phys(
 ) -> int:
     """Map ``size`` bytes at CPU physical ``phys`` for ``dev``; returns the DMA address.
     Mirrors dma_map_phys(): through the device's IOMMU domain when translated, else the physical
-    address itself, which must fit the DMA mask (EIO: no bounce buffer for MMIO or here)."""
+    address itself, which must fit the DMA mask: beyond it dma_direct_map_phys() (kernel/dma/direct.h,
+    7.2) returns DMA_MAPPING_ERROR for MMIO (no bounce buffer), which callers see as ENOMEM
+    (dma_mapping_error())."""
     _check_args(system, dev, phys, size, direction)
     mask = system.dma_mask(dev)
     dom = _translated(system, dev)
@@ -210,7 +245,7 @@ def dma_map_phys(
     if dom is None:
         if phys + size - 1 > mask:
             raise KernelError(
-                f"{dev}: {phys:#x}+{size:#x} is beyond its DMA mask {mask:#x}", errno.EIO
+                f"{dev}: {phys:#x}+{size:#x} is beyond its DMA mask {mask:#x} (DMA_MAPPING_ERROR)", errno.ENOMEM
             )
         addr, iova_pfn = phys, None
     else:

@@ -188,9 +188,13 @@ def _pool(p2p: PciP2pdma | None) -> Pool | None:
     return p2p.pool
 
 
+SUBSECTION_SIZE = 2 << 20  # SUBSECTION_SHIFT 21 on x86-64
+
+
 def pci_p2pdma_add_resource(system: System, bdf: str, bar: int, size: int = 0, offset: int = 0) -> None:
     """Give (part of) a memory BAR pages and put it in the device's pool. Mirrors
-    pci_p2pdma_add_resource(): EINVAL for a non-memory BAR or a range outside it."""
+    pci_p2pdma_add_resource() (drivers/pci/p2pdma.c, 7.2): EINVAL for a non-memory BAR, a range
+    outside it, or one devm_memremap_pages() refuses (not 2 MiB sub-section aligned)."""
     dev = system.device(bdf)
     if not 0 <= bar < 6 or not pci_resource_is_mem(dev, bar):
         raise KernelError(f"{bdf}: BAR{bar} is not a memory BAR", errno.EINVAL)
@@ -201,8 +205,11 @@ def pci_p2pdma_add_resource(system: System, bdf: str, bar: int, size: int = 0, o
         size = b.size - offset
     if size + offset > b.size:
         raise KernelError(f"{bdf}: {offset:#x}+{size:#x} exceeds BAR{bar} ({b.size:#x})", errno.EINVAL)
-    if (b.start + offset) % PAGE_SIZE or size % PAGE_SIZE:
-        raise KernelError(f"{bdf}: range not page aligned", errno.EINVAL)
+    if (b.start + offset) % SUBSECTION_SIZE or size % SUBSECTION_SIZE:
+        # devm_memremap_pages() -> __add_pages(): check_pfn_span() (mm/memory_hotplug.c, 7.2) wants
+        # the pfn range aligned to a memory sub-section (2 MiB), else EINVAL
+        raise KernelError(f"{bdf}: {b.start + offset:#x}+{size:#x} is not aligned to a 2 MiB sub-section "
+                          "(devm_memremap_pages())", errno.EINVAL)
     pcim_p2pdma_init(system, bdf)
     p2p = p2pdma_of(system, bdf)
     assert p2p is not None
