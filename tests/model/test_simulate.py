@@ -218,3 +218,47 @@ def test_size_values() -> None:
         with pytest.raises(InputError):
             S.size_value(bad, "x")
     assert S.human(4 << 20) == "4 MiB" and S.human(1536) == "1.5 KiB" and S.human(100) == "100 B"
+
+
+def test_more_triggers_export_behind_a_revoke_and_the_kernel_defect_finding(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    sc = scenario()
+    sc["steps"] += [
+        {"start": {"name": "x", "importer": "r", "read": 0, "size": "4K"}},
+        {"d3hot": {"device": "gpu", "expect": "waits"}},  # vfio_pci_set_power_state(): revoke, wait
+        {"finish": "x"},
+        {"d0": {"device": "gpu", "expect": "ok"}},
+        {"start": {"name": "y", "importer": "r", "read": 0, "size": "4K"}},
+        {"decode-off": {"device": "gpu", "expect": "waits"}},
+        {"export": {"name": "late", "device": "gpu", "bar": 1, "size": "8K", "expect": "waits"}},  # memory_lock
+        {"finish": "y"},
+        {"import": {"name": "r2", "kind": "rdma", "device": "nic", "buffer": "late", "expect": "ENODEV"}},
+        {"flr": {"device": "gpu", "expect": "ok"}},
+    ]
+    code, d = doc(capsys, write(tmp_path, sc))
+    assert code == 0 and d["violations"] == [] and d["left_in_flight"] == [], d["violations"]
+    assert "waits for memory_lock" in d["steps"][10]["summary"]
+    assert d["findings"] == []
+    multi = scenario(devices={"gpu": {"bdf": "0000:03:00.0", "bind": "vfio"},
+                              "far": {"bdf": "0000:85:00.0", "bind": "mlx5_core"}},
+                     steps=[{"export": {"name": "b", "device": "gpu", "bar": 1, "ranges": [[0, "4K"], ["8K", "4K"]]}},
+                            {"import": {"name": "r", "kind": "rdma", "device": "far", "buffer": "b",
+                                        "expect": "EEXIST"}}])
+    code, d = doc(capsys, write(tmp_path, multi))
+    assert code == 0 and [f["kind"] for f in d["findings"]] == ["kernel-defect:phys-vec-iova-offset"]
+    assert "offset 0" in d["findings"][0]["message"]
+
+
+def test_hostile_scenario_files_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    import os
+
+    bomb = "a: &a [1, 2]\nb: &b [*a, *a]\nsteps: [*b]\n"
+    code, out, err = run(capsys, write(tmp_path, bomb))
+    assert code == 2 and "anchors and aliases" in err and len(err.strip().splitlines()) == 1
+    fifo = tmp_path / "f.yaml"
+    os.mkfifo(fifo)
+    code, out, err = run(capsys, str(fifo))
+    assert code == 2 and "not a regular file" in err
+    deep = "steps: " + "[" * 5000 + "]" * 5000 + "\n"
+    code, out, err = run(capsys, write(tmp_path, deep))
+    assert code == 2 and len(err.strip().splitlines()) == 1
