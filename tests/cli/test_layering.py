@@ -92,3 +92,18 @@ def test_streamed_matrix_json_is_the_document() -> None:
     write_matrix_json(topo, "latest", False, buf)
     assert buf.getvalue() == json.dumps(matrix_document(topo, "latest", False)) + "\n"
     assert len(json.loads(buf.getvalue())["pairs"]) == len(topo.endpoints) ** 2
+
+
+def test_explain_says_nvlink_on_the_dgx2(shared_hwloc: Path, capsys: object) -> None:
+    import json
+
+    from p2pdma.cli import main
+    from p2pdma.sources import open_machine
+
+    path = shared_hwloc / "nvidiaDGX2.xml"
+
+    topo = open_machine("hwloc", str(path))
+    a, b = sorted(topo.nvlinks)[0]
+    assert main(["explain", a, b, "--hwloc", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
+    assert doc["nvlink"] is True and any("NVLink" in n for n in doc["notes"])

@@ -26,11 +26,19 @@ def run(args: argparse.Namespace) -> int:
     warn(topo)
     p = resolve(topo, args.provider)
     c = resolve(topo, args.client)
+    from p2pdma.p2p.notes import nvlink, pair_notes
+
     v = calc_map_type_and_dist(topo, p, c, args.kernel)
+    notes = pair_notes(topo, p, c)
     if args.json:
-        print(json.dumps(v.to_json(with_path=True), indent=1))
+        doc = v.to_json(with_path=True)
+        doc["nvlink"] = nvlink(topo, p, c)
+        doc["notes"] = notes
+        print(json.dumps(doc, indent=1))
     else:
         from p2pdma.report import text
 
         print(text.render_explain(topo, v))
+        for n in notes:
+            print(f"note: {n}")
     return 0
