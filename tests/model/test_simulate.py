@@ -252,9 +252,9 @@ def test_more_triggers_export_behind_a_revoke_and_the_kernel_defect_finding(
 def test_hostile_scenario_files_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     import os
 
-    bomb = "a: &a [1, 2]\nb: &b [*a, *a]\nsteps: [*b]\n"
+    bomb = "x: &x [1, 2]\nsteps: [" + "*x, " * 300 + "]\n"  # more aliases than any budget allows
     code, out, err = run(capsys, write(tmp_path, bomb))
-    assert code == 2 and "anchors and aliases" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "alias" in err and len(err.strip().splitlines()) == 1
     fifo = tmp_path / "f.yaml"
     os.mkfifo(fifo)
     code, out, err = run(capsys, str(fifo))

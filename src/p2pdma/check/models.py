@@ -180,14 +180,15 @@ def model_from_data(data: Any, where: str, default_name: str) -> ModelSpec:
 
 
 def _load_yaml(p: Path) -> Any:
-    """The YAML loader: the project's safe loader when present (sources.safeyaml), else
-    yaml.safe_load on a bounded read of a regular file."""
-    try:
-        from p2pdma.sources import safeyaml  # type: ignore[attr-defined]
-    except ImportError:
-        safeyaml = None
-    if safeyaml is not None and hasattr(safeyaml, "load_path"):
-        return safeyaml.load_path(p)
+    """The YAML loader: the project's safe loader when present (sources.safeload: depth, alias
+    budget, plain tags, size cap), else yaml.safe_load on a bounded read of a regular file with
+    every anchor refused."""
+    import importlib.util
+
+    if importlib.util.find_spec("p2pdma.sources.safeload") is not None:
+        from p2pdma.sources import safeload  # type: ignore[attr-defined,unused-ignore]
+
+        return safeload.load_path(p, kind="model")
     import stat
 
     import yaml

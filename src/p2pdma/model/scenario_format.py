@@ -340,9 +340,14 @@ MAX_FILE = 4 << 20  # a scenario file larger than this is refused
 def load_scenario(path: Path | str) -> Scenario:
     """Read and parse a scenario file: a regular file only, read with a bound (InputError for an
     unreadable, special or oversized file, or bad YAML)."""
+    import importlib.util
     import stat
 
     p = Path(path)
+    if importlib.util.find_spec("p2pdma.sources.safeload") is not None:
+        from p2pdma.sources import safeload  # type: ignore[attr-defined,unused-ignore]
+
+        return parse_scenario(safeload.load_path(p, kind="scenario"), where=str(p), default_name=p.stem)
     try:
         st = p.stat()
         if not stat.S_ISREG(st.st_mode):
@@ -362,14 +367,14 @@ _ALIAS = re.compile(r"(^|[\s\[{,:-])[&*][A-Za-z0-9_-]")
 
 
 def _parse_text(text: str, where: str, default_name: str) -> Scenario:
-    """YAML to a Scenario: the project's safe loader when there is one (sources.safeyaml), else
+    """YAML to a Scenario: the project's safe loader when there is one (sources.safeload), else
     yaml.safe_load with anchors and aliases refused (they can expand without bound)."""
-    try:
-        from p2pdma.sources import safeyaml  # type: ignore[attr-defined]
-    except ImportError:
-        safeyaml = None
-    if safeyaml is not None and hasattr(safeyaml, "loads"):
-        return parse_scenario(safeyaml.loads(text, where), where=where, default_name=default_name)
+    import importlib.util
+
+    if importlib.util.find_spec("p2pdma.sources.safeload") is not None:
+        from p2pdma.sources import safeload  # type: ignore[attr-defined,unused-ignore]
+
+        return parse_scenario(safeload.loads(text, where, kind="scenario"), where=where, default_name=default_name)
     import yaml
 
     if _ALIAS.search(text):
