@@ -378,3 +378,16 @@ def test_multi_range_buffer_through_the_iommu_is_the_kernels_defect() -> None:
     with pytest.raises(KernelError) as ei:  # iommufd's private interconnect: one range only
         I.import_buffer(s, "iommufd", FAR, buf)
     assert ei.value.errno == errno.EOPNOTSUPP
+
+
+def test_import_sync_file_fence_holds_a_revoke() -> None:
+    """dma-buf.c:dma_buf_import_sync_file(): a vgem fence joins the reservation (WRITE usage);
+    vfio_pci_dma_buf_move() waits for it (BOOKKEEP covers every usage); bad flags are EINVAL."""
+    s, buf, _ = setup(0)
+    with pytest.raises(KernelError) as ei:
+        B.dma_buf_import_sync_file(s, buf, 0)
+    assert ei.value.errno == errno.EINVAL
+    f = B.dma_buf_import_sync_file(s, buf, B.DMA_BUF_SYNC_WRITE)
+    assert V.vfio_reset(s, GPU) is False
+    B.dma_fence_signal(s, buf, f)
+    assert V.revoke_done(s, GPU) and V.buffer_status(s, buf) == V.DmaBufStatus.OK and s.violations == []

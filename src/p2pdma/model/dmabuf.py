@@ -219,6 +219,27 @@ def dma_resv_add_fence(system: System, buf_id: int, owner: str, usage: ResvUsage
     return f.id
 
 
+DMA_BUF_SYNC_READ = 1 << 0
+DMA_BUF_SYNC_WRITE = 2 << 0
+DMA_BUF_SYNC_RW = DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE
+
+
+def dma_buf_import_sync_file(system: System, buf_id: int, flags: int, owner: str = "sync_file") -> int:
+    """DMA_BUF_IOCTL_IMPORT_SYNC_FILE with an unsignalled fence (e.g. from vgem): the fence joins the
+    buffer's reservation as WRITE (DMA_BUF_SYNC_WRITE set) or READ usage, under the lock. Mirrors
+    dma_buf_import_sync_file() (drivers/dma-buf/dma-buf.c, 7.2); EINVAL for unknown or no flags.
+    Sleeps (ResvWouldBlock) while the lock is held elsewhere. Returns the fence id."""
+    get_buf(system, buf_id)
+    if flags & ~DMA_BUF_SYNC_RW or not flags & DMA_BUF_SYNC_RW:
+        raise KernelError(f"sync_file flags {flags:#x}", errno.EINVAL)
+    usage = ResvUsage.WRITE if flags & DMA_BUF_SYNC_WRITE else ResvUsage.READ
+    dma_resv_lock(system, buf_id, owner)
+    try:
+        return dma_resv_add_fence(system, buf_id, owner, usage)
+    finally:
+        dma_resv_unlock(system, buf_id, owner)
+
+
 def dma_fence_signal(system: System, buf_id: int, fence_id: int) -> None:
     """Mirrors dma_fence_signal(); signalling twice is an error (EINVAL)."""
     b = state(system).bufs.get(buf_id)

@@ -10,8 +10,17 @@ every mapping is unmapped. All of this runs under ``memory_lock``, so an operati
 blocks every later one (an export included) behind it: blocked operations are state
 (``VfioDevice.busy`` / ``waiters``), resumed when a fence signals or a mapping goes.
 
-Stable entry point for user-space requests (used by tests/kernel/): ``uapi_feature()`` takes the
-ioctl's bytes and answers a ``FeatureAnswer`` (errno, result, blocked, dma-buf size and flags).
+Stable entry points for user space (tests/kernel/ compares them with the real kernel):
+
+- ``uapi_feature(system, bdf, bytes) -> FeatureAnswer``: VFIO_DEVICE_FEATURE on the request's
+  bytes: errno (0 on success), result (fd id or 0), blocked (+ ticket), the new dma-buf's size,
+  file f_flags (O_ACCMODE | O_NONBLOCK) and whether the fd is O_CLOEXEC. Never raises.
+- ``uapi_result(system, bdf, ticket)``: the answer of a call that blocked, once it returned.
+- lifetime steps, each True when the call returned, False while it sleeps in the kernel:
+  ``vfio_set_memory()`` (command register write), ``vfio_reset()`` (VFIO_DEVICE_RESET),
+  ``vfio_flr()``, ``vfio_set_power()`` (PMCSR), ``vfio_hot_reset()``, ``vfio_close()``,
+  ``vfio_unbind()`` / ``vfio_unplug()``; fences with ``dmabuf.dma_buf_import_sync_file()`` and
+  ``dmabuf.dma_fence_signal()``; ``dmabuf.dma_buf_put()`` closes a dma-buf fd.
 """
 
 from __future__ import annotations
