@@ -447,3 +447,56 @@ def test_fuzz_feature_bytes_only_kernel_errnos(arg: bytes) -> None:
         priv = buf.priv
         assert isinstance(priv, V.VfioPciDmaBuf)
         assert buf.size == sum(n for _, n in priv.phys_vec)
+
+
+class _PinningExporter:
+    """A dynamic exporter (it has .pin/.unpin), as GPU drivers are; maps to nothing."""
+
+    def attach(self, system: System, buf: B.DmaBuf, att: B.Attachment) -> None:
+        return None
+
+    def detach(self, system: System, buf: B.DmaBuf, att: B.Attachment) -> None:
+        return None
+
+    def pin(self, system: System, att: B.Attachment) -> None:
+        system.ext.setdefault("pins", []).append(att.id)
+
+    def unpin(self, system: System, att: B.Attachment) -> None:
+        system.ext.setdefault("unpins", []).append(att.id)
+
+    def map(self, system: System, att: B.Attachment, direction: object) -> B.SgTable:
+        from p2pdma.p2p.decide import MapType
+        return B.SgTable([(0x1000, 4096)], MapType.NONE, [(0x1000, 4096)])
+
+    def unmap(self, system: System, att: B.Attachment, sgt: B.SgTable, direction: object) -> None:
+        return None
+
+    def release(self, system: System, buf: B.DmaBuf) -> None:
+        return None
+
+
+B.EXPORTERS["test-pinning"] = _PinningExporter()  # type: ignore[assignment]
+
+
+def test_static_importer_of_a_dynamic_exporter_pins_on_map_and_waits_for_kernel_fences(vsys: System) -> None:
+    """dma-buf.c:dma_buf_map_attachment() (7.2): dma_buf_pin_on_map() for a static attachment of an
+    exporter with .pin; after map_dma_buf a static importer waits for KERNEL fences;
+    dma_buf_invalidate_mappings() calls only importer ops that have invalidate_mappings."""
+    buf = B.dma_buf_export(vsys, "test-pinning", 4096, object())
+    assert B.dma_buf_is_dynamic(buf)
+    static = B.dma_buf_dynamic_attach(vsys, buf.id, NIC, None)
+    quiet = B.dma_buf_dynamic_attach(vsys, buf.id, NVME, "no-invalidate")
+    B.dma_resv_lock(vsys, buf.id, "t")
+    k = B.dma_resv_add_fence(vsys, buf.id, "copy-engine", B.ResvUsage.KERNEL)
+    with pytest.raises(B.ResvWouldBlock):
+        B.dma_buf_map_attachment(vsys, static.id)
+    B.dma_resv_unlock(vsys, buf.id, "t")
+    B.dma_fence_signal(vsys, buf.id, k)
+    B.dma_resv_lock(vsys, buf.id, "t")
+    B.dma_buf_map_attachment(vsys, static.id)
+    assert vsys.ext["pins"] == [static.id] and static.pinned
+    B.dma_buf_invalidate_mappings(vsys, buf.id)
+    assert not static.invalidated and not quiet.invalidated  # neither has invalidate_mappings
+    B.dma_buf_unmap_attachment(vsys, static.id)
+    B.dma_resv_unlock(vsys, buf.id, "t")
+    assert vsys.ext["unpins"] == [static.id] and vsys.violations == []
