@@ -475,7 +475,7 @@ class _PinningExporter:
         return None
 
 
-B.EXPORTERS["test-pinning"] = _PinningExporter()  # type: ignore[assignment]
+B.EXPORTERS["test-pinning"] = _PinningExporter()
 
 
 def test_static_importer_of_a_dynamic_exporter_pins_on_map_and_waits_for_kernel_fences(vsys: System) -> None:
