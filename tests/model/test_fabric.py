@@ -236,3 +236,62 @@ def test_copies_are_independent_and_equal() -> None:
     F.dma(c, NIC, BAR1.bus_start, 4096, write=True, data=b"y" * 4096)
     assert F.cpu_read(s, GPU, 1, 0, 4) == b"xxxx" and F.cpu_read(c, GPU, 1, 0, 4) == b"yyyy"
     assert c != s
+
+
+# -- sparse memory: fills, shared chunks, copies ----------------------------------------------------
+def test_a_1gib_fill_costs_no_memory_and_reads_back() -> None:
+    m = F.Memory()
+    m.fill(0, 1 << 30, 0xA5)
+    assert m.resident == 0 and len(m.chunks) == (1 << 30) // F.CHUNK
+    assert bytes(m.read((1 << 30) - 3, 3)) == b"\xa5" * 3
+    m.fill(F.CHUNK + 1, 2, 0)  # a partial fill materializes only that chunk
+    assert m.resident == F.CHUNK and bytes(m.read(F.CHUNK, 4)) == b"\xa5\x00\x00\xa5"
+    m.fill(0, 1 << 30, 0)
+    assert m.chunks == {} and m == F.Memory()
+
+
+def test_copies_share_chunks_until_written() -> None:
+    import copy
+
+    m = F.Memory()
+    data = np.frombuffer(pattern_bytes(3, 2 * F.CHUNK), dtype=np.uint8)
+    m.write(0, data)
+    c = copy.deepcopy(m)
+    assert c == m and all(c.chunks[k] is m.chunks[k] for k in m.chunks)  # shared, no bytes duplicated
+    c.write(10, np.ones(4, dtype=np.uint8))
+    assert bytes(m.read(10, 4)) == data[10:14].tobytes() and bytes(c.read(10, 4)) == b"\x01" * 4
+    m.write(F.CHUNK, np.zeros(1, dtype=np.uint8))
+    assert int(c.read(F.CHUNK, 1)[0]) == int(data[F.CHUNK])
+    d = F.Memory()
+    d.copy_from(m, 0, 4 * F.CHUNK, 2 * F.CHUNK)  # aligned: chunks shared
+    assert d.chunks[4] is m.chunks[0] and bytes(d.read(4 * F.CHUNK, 2 * F.CHUNK)) == bytes(m.read(0, 2 * F.CHUNK))
+    d.copy_from(m, 5, 7, 100)  # unaligned: through a buffer
+    assert bytes(d.read(7, 100)) == bytes(m.read(5, 100))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["write", "fill", "copy"]), st.integers(0, 3 * 4096),
+                          st.integers(1, 3 * 4096), st.integers(0, 255)), max_size=12))
+def test_sparse_memory_matches_a_flat_array(ops: list[tuple[str, int, int, int]]) -> None:
+    """Every mix of writes, fills and self-copies reads back as one flat bytearray would."""
+    import p2pdma.model.fabric as fab
+
+    old = fab.CHUNK
+    fab.CHUNK = 4096  # small chunks so that the test crosses many chunk borders
+    try:
+        m, flat = F.Memory(), np.zeros(8 * 4096, dtype=np.uint8)
+        for op, off, n, v in ops:
+            if op == "write":
+                buf = np.frombuffer(pattern_bytes(v, n), dtype=np.uint8)
+                m.write(off, buf)
+                flat[off : off + n] = buf
+            elif op == "fill":
+                m.fill(off, n, v)
+                flat[off : off + n] = v
+            else:
+                src = v * 64
+                m.copy_from(m, src, off, n)
+                flat[off : off + n] = flat[src : src + n].copy()
+        assert bytes(m.read(0, len(flat))) == flat.tobytes()
+    finally:
+        fab.CHUNK = old

@@ -36,14 +36,24 @@ U64_LIMIT = 1 << 64
 
 @dataclass(slots=True)
 class Memory:
-    """A sparse byte store: chunks appear on first write; unwritten bytes read as zero."""
+    """A sparse byte store: pages (CHUNK bytes) appear on first write; unwritten bytes read as zero.
 
-    chunks: dict[int, Bytes] = field(default_factory=dict)
+    A chunk may be a constant fill (an int byte value: ``fill()`` of 1 GiB costs no memory) or a
+    real array; arrays may be shared with a copy (read-only, copied when next written), so that
+    ``copy.deepcopy`` of a System (the checker) and ``copy_from`` do not duplicate bytes."""
+
+    chunks: dict[int, Bytes | int] = field(default_factory=dict)
 
     def _chunk(self, idx: int) -> Bytes:
+        """The chunk ``idx`` as a private, writable array (materializing fills, un-sharing copies)."""
         c = self.chunks.get(idx)
-        if c is None:
-            c = self.chunks[idx] = np.zeros(CHUNK, dtype=np.uint8)
+        if isinstance(c, np.ndarray):
+            if c.flags.writeable:
+                return c
+            c = c.copy()
+        else:
+            c = np.full(CHUNK, c or 0, dtype=np.uint8)
+        self.chunks[idx] = c
         return c
 
     def write(self, off: int, data: Bytes) -> None:
@@ -52,7 +62,49 @@ class Memory:
         while pos < n:
             idx, inner = divmod(off + pos, CHUNK)
             take = min(CHUNK - inner, n - pos)
-            self._chunk(idx)[inner : inner + take] = data[pos : pos + take]
+            if take == CHUNK:
+                self.chunks[idx] = np.array(data[pos : pos + take], dtype=np.uint8)  # no read of the old one
+            else:
+                self._chunk(idx)[inner : inner + take] = data[pos : pos + take]
+            pos += take
+
+    def fill(self, off: int, n: int, value: int) -> None:
+        """Set ``n`` bytes at ``off`` to ``value``; whole chunks cost nothing (zero ones are dropped)."""
+        pos = 0
+        while pos < n:
+            idx, inner = divmod(off + pos, CHUNK)
+            take = min(CHUNK - inner, n - pos)
+            if take == CHUNK:
+                if value:
+                    self.chunks[idx] = value
+                else:
+                    self.chunks.pop(idx, None)
+            else:
+                self._chunk(idx)[inner : inner + take] = value
+            pos += take
+
+    def copy_from(self, src: Memory, src_off: int, dst_off: int, n: int) -> None:
+        """Copy ``n`` bytes from ``src`` (which may be self); chunk-aligned whole chunks are shared."""
+        if src is self and src_off < dst_off < src_off + n:
+            self.write(dst_off, src.read(src_off, n))  # overlapping forward copy: through a buffer
+            return
+        pos = 0
+        while pos < n:
+            sidx, sin = divmod(src_off + pos, CHUNK)
+            didx, din = divmod(dst_off + pos, CHUNK)
+            if sin == 0 and din == 0 and n - pos >= CHUNK:
+                c = src.chunks.get(sidx)
+                if c is None:
+                    self.chunks.pop(didx, None)
+                elif isinstance(c, np.ndarray):
+                    c.flags.writeable = False
+                    self.chunks[didx] = c
+                else:
+                    self.chunks[didx] = c
+                pos += CHUNK
+                continue
+            take = min(CHUNK - sin, CHUNK - din, n - pos)
+            self.write(dst_off + pos, src.read(src_off + pos, take))
             pos += take
 
     def read_into(self, off: int, out: Bytes) -> None:
@@ -65,8 +117,10 @@ class Memory:
             c = self.chunks.get(idx)
             if c is None:
                 out[pos : pos + take] = 0
-            else:
+            elif isinstance(c, np.ndarray):
                 out[pos : pos + take] = c[inner : inner + take]
+            else:
+                out[pos : pos + take] = c
             pos += take
 
     def read(self, off: int, n: int) -> Bytes:
@@ -74,10 +128,40 @@ class Memory:
         self.read_into(off, out)
         return out
 
+    @property
+    def resident(self) -> int:
+        """Bytes of memory the store holds (arrays; a shared one is counted by each holder)."""
+        return sum(CHUNK for c in self.chunks.values() if isinstance(c, np.ndarray))
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Memory:
+        """Share every array with the copy, read-only: whichever side writes next copies the chunk."""
+        for c in self.chunks.values():
+            if isinstance(c, np.ndarray):
+                c.flags.writeable = False
+        return Memory(dict(self.chunks))
+
+    def _canon(self, idx: int) -> Bytes | int | None:
+        c = self.chunks.get(idx)
+        if isinstance(c, np.ndarray):
+            first = int(c[0])
+            if not c.any():
+                return None
+            if (c == first).all():
+                return first
+            return c
+        return c or None
+
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Memory) or self.chunks.keys() != other.chunks.keys():
+        if not isinstance(other, Memory):
             return False
-        return all(np.array_equal(v, other.chunks[k]) for k, v in self.chunks.items())
+        for idx in self.chunks.keys() | other.chunks.keys():
+            a, b = self._canon(idx), other._canon(idx)
+            if a is None or b is None or isinstance(a, int) or isinstance(b, int):
+                if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) or a != b:
+                    return False
+            elif not np.array_equal(a, b):
+                return False
+        return True
 
 
 @dataclass(slots=True)
@@ -398,6 +482,13 @@ def cpu_write(system: System, owner: str, bar: int, offset: int, data: bytes) ->
 
 def cpu_read(system: System, owner: str, bar: int, offset: int, length: int) -> bytes:
     return bytes(state(system).bars.setdefault((owner, bar), Memory()).read(offset, length))
+
+
+def cpu_fill(system: System, owner: str, bar: int, offset: int, length: int, value: int) -> None:
+    """The CPU sets ``length`` bytes of a BAR to ``value`` (memset): whole chunks cost no memory."""
+    if not 0 <= value <= 0xFF:
+        raise KernelError(f"fill value {value} is not a byte", errno.EINVAL)
+    state(system).bars.setdefault((owner, bar), Memory()).fill(offset, length, value)
 
 
 def ram_write(system: System, phys: int, data: bytes) -> None:

@@ -4,10 +4,13 @@ table of common vendors and base classes so that output stays readable on machin
 from __future__ import annotations
 
 import functools
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PCI_IDS_PATHS = ("usr/share/hwdata/pci.ids", "usr/share/misc/pci.ids", "usr/share/pci.ids")
+MAX_PCI_IDS = 64 << 20  # a real pci.ids is about 1.5 MB; a larger (or sparse 2 GB) one is ignored
 
 BUILTIN_VENDORS = {
     0x1000: "Broadcom / LSI",
@@ -67,13 +70,57 @@ class PciIds:
     classes: dict[int, str] = field(default_factory=dict)
     source: str | None = None
 
+    looked: set[int] = field(default_factory=set)  # vendors (and -1: classes) parsed from ``source``
+
+    def _load_vendor(self, vendor: int) -> None:
+        """Parse only ``vendor``'s section of the file (lazily, once): the rest is never parsed."""
+        self.looked.add(vendor)
+        data = _file_bytes(self.source) if self.source else None
+        if not data:
+            return
+        key = b"%04x " % vendor
+        if data.startswith(key):
+            start = 0
+        else:
+            i = data.find(b"\n" + key)
+            if i < 0:
+                return
+            start = i + 1
+        end = start
+        while True:  # the vendor line, then its tab-indented device lines
+            nl = data.find(b"\n", end)
+            nl = len(data) if nl < 0 else nl
+            end = nl + 1
+            if end >= len(data) or data[end : end + 1] not in (b"\t", b"#"):
+                break
+        self._merge(PciIds.parse(data[start:end].decode("utf-8", "replace")))
+
+    def _load_classes(self) -> None:
+        self.looked.add(-1)
+        data = _file_bytes(self.source) if self.source else None
+        i = -1 if not data else data.find(b"\nC ")
+        if data and i >= 0:
+            self._merge(PciIds.parse(data[i + 1 :].decode("utf-8", "replace")))
+
+    def _merge(self, other: PciIds) -> None:
+        for k, v in other.vendors.items():
+            self.vendors.setdefault(k, v)
+        for kd, v in other.devices.items():
+            self.devices.setdefault(kd, v)
+        for k, v in other.classes.items():
+            self.classes.setdefault(k, v)
+
     def names(self, vendor: int, device: int) -> tuple[str | None, str | None]:
         """(vendor name, device name), each None when unknown."""
+        if vendor not in self.looked and self.source is not None:
+            self._load_vendor(vendor)
         v = self.vendors.get(vendor) or BUILTIN_VENDORS.get(vendor)
         return v, self.devices.get((vendor, device))
 
     def class_name(self, class_code: int) -> str | None:
         """Most specific known name for a 24-bit class code."""
+        if -1 not in self.looked and self.source is not None:
+            self._load_classes()
         sub = class_code >> 8
         return (
             self.classes.get(sub)
@@ -115,21 +162,43 @@ class PciIds:
 
     @classmethod
     def find(cls, root: Path | None = None) -> PciIds:
-        """Load pci.ids from ``root`` (a captured machine) or this machine; built-ins when absent."""
+        """pci.ids of ``root`` (a captured machine) or this machine, looked up lazily per vendor;
+        built-ins when absent, not a regular file, or larger than MAX_PCI_IDS."""
         bases = [root] if root is not None else []
         bases.append(Path("/"))
         for base in bases:
             for rel in PCI_IDS_PATHS:
-                p = base / rel
+                p = str(base / rel)
                 try:
-                    if p.is_file() and not p.is_symlink():
-                        return _parse_file(str(p))
+                    st = os.lstat(p)
                 except OSError:
                     continue
+                if stat.S_ISREG(st.st_mode) and 0 < st.st_size <= MAX_PCI_IDS:
+                    return cls(source=p)
         return cls()
 
 
 @functools.lru_cache(maxsize=4)
-def _parse_file(path: str) -> PciIds:
-    """Parse a pci.ids file once per process (it is large and read-only)."""
-    return PciIds.parse(Path(path).read_text(errors="replace"), path)
+def _file_bytes(path: str) -> bytes:
+    """The bytes of a pci.ids file, read once per process with a bound (a regular file only, opened
+    without blocking); empty when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return b""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PCI_IDS:
+            return b""
+        parts, got = [], 0
+        while got <= MAX_PCI_IDS:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts) if got <= MAX_PCI_IDS else b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
