@@ -174,3 +174,10 @@ def test_cli_contract(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "importer-never-unmaps"]) == 1
     out = capsys.readouterr().out
     assert "VIOLATED — revoke-completes" in out and "never completes" in out and "shortest trace (3 steps)" in out
+
+
+def test_bounds_refuse_models_the_checker_cannot_explore(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "dmabuf-revoke", "--importers", "40"]) == 2
+    assert "at most 4" in capsys.readouterr().err
+    with pytest.raises(InputError, match="at most 4"):
+        BUNDLED["dmabuf-revoke"].with_importers(5)

@@ -131,8 +131,8 @@ def _no_leak_after_close(spec: ModelSpec, s: System) -> str | None:
 
 INVARIANTS: tuple[Invariant, ...] = (
     Invariant("sanitizer-clean", "no DMA touches memory it may no longer touch", _sanitizer),
-    Invariant("revoke-waits", "a revoke completes only after every importer acknowledged and every fence "
-              "signalled", _revoke_waits),
+    Invariant("revoke-waits", "a revoke completes only after every fence signalled and every mapping was "
+              "unmapped (7.2: dma_resv_wait_timeout(), then the kref's completion)", _revoke_waits),
     Invariant("no-mapping-after-revoke", "no mapping survives a completed revoke", _no_mapping_after_revoke),
     Invariant("provider-outlives-dma", "no provider is released while any DMA to it is live",
               _provider_outlives_dma),

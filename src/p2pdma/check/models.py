@@ -43,6 +43,7 @@ from p2pdma.model.system import PAGE_SIZE, System, fast_copy
 CLASSIC_TRIGGERS = ("decode-off", "decode-on", "reset", "close", "unbind", "unplug")
 TRIGGERS = (*CLASSIC_TRIGGERS, "d3hot", "d0", "flr", "pm-entry", "pm-exit", "hot-reset")
 MODES = ("vfio", "provider")
+MAX_IMPORTERS = 4
 DMA_LEN = 64
 
 
@@ -68,6 +69,9 @@ class ModelSpec:
         """The same model with ``n`` importers like the first one."""
         if n < 1:
             raise InputError("--importers must be at least 1")
+        if n > MAX_IMPORTERS:
+            raise InputError(f"--importers {n}: at most {MAX_IMPORTERS} (the checker's bound: the state space "
+                             "grows about sevenfold per importer)")
         from dataclasses import replace
 
         return replace(self, importers=(self.importers[0],) * n)
@@ -93,7 +97,7 @@ BUNDLED: dict[str, ModelSpec] = {
         description="an export while a revoke waits sleeps on memory_lock and is born revoked"),
     "pinned-importer": ModelSpec(
         "pinned-importer", importers=(RDMA_NIC,), static=True, triggers=("decode-off", "close"),
-        description="a static importer that wants pinning is refused at attach"),
+        description="a static importer (no importer ops, so no peer2peer) is refused at attach"),
     "provider-no-revoke": ModelSpec(
         "provider-no-revoke", importers=(("peer", "0000:05:00.0"),), mode="provider",
         triggers=("unbind",), expect="violated",
@@ -150,7 +154,7 @@ def model_from_data(data: Any, where: str, default_name: str) -> ModelSpec:
         raise _bad(where, "expect", f"must be one of {', '.join(EXPECTS)}, not {out['expect']!r}")
     if "importers" in data:
         imps = data["importers"]
-        if not isinstance(imps, list) or not 1 <= len(imps) <= 4:
+        if not isinstance(imps, list) or not 1 <= len(imps) <= MAX_IMPORTERS:
             raise _bad(where, "importers", "must be a list of 1-4 {kind, dev} (the checker's bound)")
         parsed = []
         for k, x in enumerate(imps):
