@@ -117,7 +117,7 @@ def read_fd(fd: int, what: str | os.PathLike[str], limit: int) -> bytes:
     try:
         st = os.fstat(fd)
         if st.st_size > limit:
-            raise SourceError(f"{shown(what)}: {st.st_size} bytes, more than the {limit} allowed here",
+            raise SourceError(f"{shown(what)}: {st.st_size} bytes, more than the {limit} bytes allowed here",
                               errno.EFBIG)
         parts: list[bytes] = []
         got = 0
