@@ -73,7 +73,7 @@ def test_iova_api(system: System) -> None:
     assert D.translate(system, NIC, st.addr + 2 * PAGE_SIZE) == (0x9990_0000, False)
     with pytest.raises(KernelError) as e:
         D.dma_iova_link(system, NIC, st, RAM, PAGE_SIZE, PAGE_SIZE)
-    assert e.value.errno == errno.EEXIST
+    assert e.value.errno == errno.EADDRINUSE
     with pytest.raises(KernelError) as e2:
         D.dma_iova_link(system, NIC, st, RAM, 3 * PAGE_SIZE, 2 * PAGE_SIZE)
     assert e2.value.errno == errno.EINVAL

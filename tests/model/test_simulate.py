@@ -243,7 +243,7 @@ def test_more_triggers_export_behind_a_revoke_and_the_kernel_defect_finding(
                               "far": {"bdf": "0000:85:00.0", "bind": "mlx5_core"}},
                      steps=[{"export": {"name": "b", "device": "gpu", "bar": 1, "ranges": [[0, "4K"], ["8K", "4K"]]}},
                             {"import": {"name": "r", "kind": "rdma", "device": "far", "buffer": "b",
-                                        "expect": "EEXIST"}}])
+                                        "expect": "EADDRINUSE"}}])
     code, d = doc(capsys, write(tmp_path, multi))
     assert code == 0 and [f["kind"] for f in d["findings"]] == ["kernel-defect:phys-vec-iova-offset"]
     assert "offset 0" in d["findings"][0]["message"]

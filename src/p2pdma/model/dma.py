@@ -357,7 +357,9 @@ def dma_iova_link(
     direction: DmaDirection = DmaDirection.BIDIRECTIONAL, attrs: int = 0,
 ) -> None:
     """Map ``size`` bytes of ``phys`` at ``offset`` inside the reserved range. Mirrors
-    dma_iova_link(): EINVAL outside the range or misaligned, EEXIST over a linked part."""
+    dma_iova_link(): EINVAL outside the range or misaligned, EADDRINUSE over a linked part (the
+    generic IOMMU page table of 7.2, drivers/iommu/generic_pt/iommu_pt.h, refuses to map over a
+    mapping)."""
     _check_args(system, dev, phys, size, direction)
     if not dma_use_iova(state) or state.dev != dev:
         raise DmaApiMisuse(f"{dev}: dma_iova_link without a reserved IOVA range")
@@ -368,7 +370,7 @@ def dma_iova_link(
                           errno.EINVAL)
     for o, s in state.linked.items():
         if offset < o + s and o < offset + size:
-            raise KernelError(f"{dev}: {offset:#x}+{size:#x} overlaps a linked part", errno.EEXIST)
+            raise KernelError(f"{dev}: {offset:#x}+{size:#x} overlaps a linked part", errno.EADDRINUSE)
     dom = _translated(system, dev)
     assert dom is not None
     first_iova = (state.addr + offset) >> PAGE_SHIFT

@@ -425,7 +425,8 @@ def dma_buf_phys_vec_to_sgt(
     BUS_ADDR, one IOVA range (or dma_map_phys() per range) for THRU_HOST_BRIDGE, EINVAL when the
     path is not supported. Like 7.2 it links every range at IOVA offset 0 (not at the running
     offset): with more than one range the second link lands on the first (the IOMMU refuses it,
-    EEXIST) — the kernel's own defect, recorded as a finding rather than silently fixed."""
+    EADDRINUSE, generic_pt) — the kernel's own defect, recorded as a finding rather than
+    silently fixed."""
     kind = pci_p2pdma_map_type(system, provider, att.dev)
     if kind == MapType.BUS_ADDR:
         entries = [(pci_p2pdma_bus_addr_map(system, provider, p), n) for p, n in phys]
