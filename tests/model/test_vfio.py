@@ -500,3 +500,19 @@ def test_static_importer_of_a_dynamic_exporter_pins_on_map_and_waits_for_kernel_
     B.dma_buf_unmap_attachment(vsys, static.id)
     B.dma_resv_unlock(vsys, buf.id, "t")
     assert vsys.ext["unpins"] == [static.id] and vsys.violations == []
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arg=feature_bytes())
+def test_uapi_feature_answers_every_request_without_raising(arg: bytes) -> None:
+    """The conformance entry point: bytes in, an answer out, the same errno as the ioctl path."""
+    s = opened()
+    a = V.uapi_feature(s, GPU, arg)
+    want = reference_errno(arg)
+    if isinstance(want, int):
+        assert a.errno == want and a.size is None
+    else:
+        assert a.errno == 0 and not a.blocked
+        assert a.size == (want[1] if want[0] == "fd" else None)
+        if a.size is not None:
+            assert a.file_flags is not None and a.file_flags & ~(V.O_ACCMODE | V.O_NONBLOCK) == 0
