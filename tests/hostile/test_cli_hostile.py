@@ -1,0 +1,140 @@
+"""Command-line level: hostile inputs answer with exit 2 and one line on stderr, under a hang guard.
+Imports only ``p2pdma.cli.main``; cases that wait for CLI wiring are strict xfails for the lead."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from p2pdma.cli import main
+
+pytestmark = pytest.mark.usefixtures("guard")
+
+BOMB = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n' + "".join(
+    f"{c}: &{c} [" + ", ".join([f"*{p}"] * 10) + "]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+GOOD = ("host_bridges:\n  - name: pci0000:00\n    devices:\n"
+        "      - {bdf: '0000:00:01.0', id: '8086:347a', port: root-port, link: [16.0, 16]}\n")
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def one_line_exit_2(code: int, err: str) -> None:
+    assert code == 2, err
+    assert err and "\n" not in err and "Traceback" not in err and len(err) < 500, err
+
+
+def spec_file(tmp_path: Path, text: str, name: str = "m.yaml") -> str:
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_a_good_spec_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["topo", "--spec", spec_file(tmp_path, GOOD)]) == 0
+    assert "0000:00:01.0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    (BOMB, "refused: more than"),
+    ("[" * 5000 + "]" * 5000, "nest"),
+    (GOOD.replace("[16.0, 16]", '"x"'), "host_bridges[0].devices[0].link"),
+    (GOOD.replace("8086:347a", "18086:347a"), "host_bridges[0].devices[0].id"),
+    (GOOD.replace("link: [16.0, 16]", "link: [16.0, 16], bars: [{size: 0x" + "1" + "0" * 50 + "}]"), "size"),
+    (GOOD + "      - {bdf: '00000000:00:01.0'}\n", "duplicate bdf"),
+    ("host_bridges:\n  - name: pci0000:00\n    devices:\n" + "".join(
+        f"      - {{bdf: '0000:00:{i:02x}.0', vfs: {{count: 65000}}}}\n" for i in range(32)), "functions"),
+    ("a: !!python/object/apply:os.system ['true']\n", "not allowed"),
+])
+def test_hostile_specs(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needle: str) -> None:
+    code, err = run(["topo", "--spec", spec_file(tmp_path, text)], capsys)
+    one_line_exit_2(code, err)
+    assert needle in err
+
+
+def test_non_utf8_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "m.yaml"
+    p.write_bytes(GOOD.encode() + b"# \xff\xfe\n")
+    code, err = run(["topo", "--spec", str(p)], capsys)
+    one_line_exit_2(code, err)
+    assert "byte 0xff" in err
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero", "/", "long-component", "100k"])
+def test_specs_that_are_not_files(tmp_path: Path, capsys: pytest.CaptureFixture[str], special: str) -> None:
+    if special == "fifo":
+        path = str(tmp_path / "m.yaml")
+        os.mkfifo(path)
+    elif special == "long-component":
+        path = str(tmp_path / ("c" * 300 + ".yaml"))
+    elif special == "100k":
+        path = "d/" * 50_000 + "m.yaml"
+    else:
+        path = special
+    code, err = run(["topo", "--spec", path], capsys)
+    one_line_exit_2(code, err)
+
+
+def test_a_fifo_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "s.yaml")
+    os.mkfifo(path)
+    code, err = run(["simulate", path], capsys)
+    one_line_exit_2(code, err)
+
+
+def test_a_fifo_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "m.yaml")
+    os.mkfifo(path)
+    code, err = run(["check", path], capsys)
+    one_line_exit_2(code, err)
+
+
+def test_a_yaml_bomb_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(["simulate", spec_file(tmp_path, BOMB, "s.yaml")], capsys)
+    one_line_exit_2(code, err)
+
+
+def test_an_empty_root_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(["topo", "--root", ""], capsys)
+    one_line_exit_2(code, err)
+
+
+@pytest.mark.xfail(reason="awaiting CLI wiring: report/capture write through p2pdma.output.write_output "
+                          "(refuse an existing file unless --force)", strict=True)
+def test_report_does_not_replace_an_existing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.html"
+    out.write_text("mine")
+    code, err = run(["report", "--spec", spec_file(tmp_path, GOOD), str(out)], capsys)
+    assert out.read_text() == "mine"
+    one_line_exit_2(code, err)
+    assert "exists" in err
+
+
+@pytest.mark.xfail(reason="awaiting CLI wiring: --force on report/capture", strict=True)
+def test_report_force_replaces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.html"
+    out.write_text("mine")
+    assert main(["report", "--spec", spec_file(tmp_path, GOOD), str(out), "--force"]) == 0
+    assert out.read_text() != "mine"
+
+
+def test_report_to_dev_full_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    code, err = run(["report", "--spec", spec_file(tmp_path, GOOD), "/dev/full"], capsys)
+    one_line_exit_2(code, err)
+    assert os.path.exists("/dev/full")
+
+
+@pytest.mark.xfail(reason="awaiting CLI wiring: capture - writes the archive to stdout", strict=True)
+def test_capture_dash_writes_no_file_named_dash(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    main(["capture", "--root", str(tmp_path), "-"])
+    assert not (tmp_path / "-").exists()
+    assert capsys.readouterr().out  # the archive went to stdout
