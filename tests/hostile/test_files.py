@@ -69,7 +69,7 @@ def test_each_kind_has_a_cap_and_larger_files_are_refused_before_reading(tmp_pat
 def test_undecodable_bytes_are_named(tmp_path: Path) -> None:
     p = tmp_path / "spec.yaml"
     p.write_bytes(b"name: caf\xc3\xa9\nx: \xff\n")
-    with pytest.raises(SourceError, match=r"not utf-8 text \(byte 0xff at offset 15\)") as ei:  # after "name: café\nx: "
+    with pytest.raises(SourceError, match=r"not utf-8 text \(byte 0xff at offset 15\)") as ei:
         files.read_text(p)
     assert ei.value.errno == errno.EILSEQ
 

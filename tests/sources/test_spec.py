@@ -66,3 +66,23 @@ def test_vfs_may_not_spill_onto_another_bridges_bus() -> None:
     ])])
     with pytest.raises(InputError, match="VF"):
         parse_spec(spec)
+
+
+def test_errors_name_the_field_path() -> None:
+    spec = machine([hb("pci0000:00", [dev("0000:00:01.0"), dev("0000:00:02.0", link=[8.0, 0x40])])])
+    with pytest.raises(InputError, match=r"^spec: host_bridges\[0\]\.devices\[1\]\.link\[1\]: 64 is out of range"):
+        parse_spec(spec)
+
+
+def test_bdfs_are_kept_in_the_kernels_spelling() -> None:
+    t = parse_spec(machine([hb("pci0000:00", [dev("00000000:00:01.0"), dev("0000:00:02.0")])])).topology()
+    assert [d.bdf for d in t.devices] == ["0000:00:01.0", "0000:00:02.0"]
+    with pytest.raises(InputError, match="not a PCI address"):
+        parse_spec(machine([hb("pci0000:00", [dev("0000:00:01.0\n")])]))
+
+
+def test_vf_counts_are_bounded_before_any_vf_is_built() -> None:
+    spec = machine([hb("pci0000:00", [dev(f"0000:00:{8 * i:02x}.0", vfs={"count": 40}) for i in range(3)])])
+    with pytest.raises(InputError, match="more than 100 functions"):
+        parse_spec(spec, max_functions=100)
+    assert len(parse_spec(spec, max_functions=123).raws) == 123

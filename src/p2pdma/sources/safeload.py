@@ -171,6 +171,8 @@ def load_yaml(source: str | bytes | os.PathLike[str], *, what: str = "YAML", kin
     except _Refused as exc:
         raise InputError(f"{name}: refused: {exc}") from None
     except yaml.YAMLError as exc:
+        if "nesting depth" in str(exc):  # libyaml's own limit (1000) met before ours
+            raise InputError(f"{name}: refused: nested deeper than {max_depth} levels") from None
         raise InputError(f"{name}: not valid YAML ({_line(exc)})") from None
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - safe loader, events checked above
