@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import sys
 from typing import BinaryIO
 
 from p2pdma.errors import P2pdmaError
@@ -37,10 +36,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def write_output(path: str | os.PathLike[str], data: bytes | str, *, force: bool = False,
-                 allow_stdout: bool = True, stdout: BinaryIO | None = None) -> str:
+                 stdout: BinaryIO | None = None) -> str:
     """Write ``data`` to ``path`` atomically; returns where it went (the path, or ``-``).
 
-    ``-`` writes to stdout when ``allow_stdout``; an existing regular file is refused (EEXIST)
+    ``-`` writes to ``stdout`` (the CLI passes sys.stdout.buffer where ``-`` makes sense; without it
+    ``-`` is refused, never a file named ``-``); an existing regular file is refused (EEXIST)
     unless ``force``; a directory, FIFO or socket is refused; a character device is written in place."""
     p = os.fspath(path)
     payload = data.encode() if isinstance(data, str) else data
@@ -49,9 +49,9 @@ def write_output(path: str | os.PathLike[str], data: bytes | str, *, force: bool
     if "\0" in p:
         raise OutputError(f"{shown(p)}: a path may not contain a NUL byte", errno.EINVAL)
     if p == "-":
-        if not allow_stdout:
+        if stdout is None:
             raise OutputError("-: this output cannot go to stdout; name a file", errno.EINVAL)
-        out = stdout if stdout is not None else sys.stdout.buffer
+        out = stdout
         try:
             out.write(payload)
             out.flush()

@@ -33,7 +33,7 @@ def test_dash_is_stdout_only_where_allowed(tmp_path: Path) -> None:
     buf = io.BytesIO()
     assert write_output("-", b"doc", stdout=buf) == "-" and buf.getvalue() == b"doc"
     with pytest.raises(P2pdmaError, match="cannot go to stdout"):
-        write_output("-", b"doc", allow_stdout=False)
+        write_output("-", b"doc")
     os.chdir(tmp_path)
     assert not (tmp_path / "-").exists()
 
