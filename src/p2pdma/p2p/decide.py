@@ -1,8 +1,8 @@
 """The per-pair P2P verdict: map type, distance, the ports that decided it, why, and the fix.
 
-Mirrors calc_map_type_and_dist() of drivers/pci/p2pdma.c in two profiles:
-``classic`` (kernels through 6.x: any of RR, CR, EC set on a path port redirects) and
-``latest`` (per-port pci_acs_p2pdma_decision(), Egress Control only at the divergence, HMAT).
+Mirrors calc_map_type_and_dist() of drivers/pci/p2pdma.c under a kernel profile (p2p/kernels.py):
+every kept tree (6.1, 7.2, pci-next) decides ACS with pci_bridge_has_acs_redir(); profiles differ
+in the host-bridge whitelist and the log lines. ``classic``/``latest`` are aliases of the newest mainline.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from enum import IntEnum
 from typing import Any
 
 from p2pdma.p2p import platform
-from p2pdma.p2p.acs import AcsState, acs_state, has_acs_redir
+from p2pdma.p2p.acs import AcsState, has_acs_redir
+from p2pdma.p2p.kernels import ALIASES, NEWEST_MAINLINE, PROFILES, KernelProfile, get_profile
 from p2pdma.pci import config as cfg
 from p2pdma.pci.topology import Device, Topology
 
-KERNEL_PROFILES = ("latest", "classic")
-DEFAULT_PROFILE = "latest"
+KERNEL_PROFILES: tuple[str, ...] = (*PROFILES, *ALIASES)
+DEFAULT_PROFILE = NEWEST_MAINLINE
+HB_UNKNOWN = "host bridge device not in this input"
 
 
 class MapType(IntEnum):
@@ -60,11 +62,14 @@ class Verdict:
     ports: tuple[PortVerdict, ...] = field(default=())
     via: str | None = None
     kernel_log: tuple[str, ...] = ()
+    unknown: tuple[str, ...] = ()
+    hints: tuple[str, ...] = ()
 
     @property
     def certain(self) -> bool:
-        """False when a port whose ACS could not be read lies on a path where ACS decides."""
-        return not self.unknown_ports
+        """False when a fact the verdict used is missing: a port's ACS where ACS decides, or the
+        host bridge device where the whitelist decides."""
+        return not self.unknown_ports and not self.unknown
 
     def to_json(self, with_path: bool = False) -> dict[str, Any]:
         """The ``p2pdma.matrix/1`` pair object (``path`` added for ``explain``)."""
@@ -78,7 +83,10 @@ class Verdict:
             "fix": self.fix,
             "certain": self.certain,
             "unknown_ports": list(self.unknown_ports),
+            "unknown": list(self.unknown),
         }
+        if self.hints:
+            out["hints"] = list(self.hints)
         if with_path:
             out["path"] = list(self.path)
             out["ports"] = [
@@ -95,12 +103,6 @@ class Verdict:
             out["via"] = self.via
             out["kernel_log"] = list(self.kernel_log)
         return out
-
-
-def _check_port(dev: Device, target: Device | None, profile: str) -> AcsState:
-    if profile == "classic":
-        return AcsState.REDIRECT if has_acs_redir(dev) else AcsState.DIRECT
-    return acs_state(dev, target)
 
 
 def _ancestors_walk(topo: Topology, provider: Device, client: Device) -> tuple[
@@ -128,13 +130,15 @@ def _ancestors_walk(topo: Topology, provider: Device, client: Device) -> tuple[
 def calc_map_type_and_dist(
     topo: Topology, provider: Device | str, client: Device | str, profile: str = DEFAULT_PROFILE
 ) -> Verdict:
-    """Map type and distance for ``client`` reaching ``provider``'s memory.
+    """Map type and distance for ``client`` reaching ``provider``'s memory under ``profile``.
 
-    Mirrors calc_map_type_and_dist() / __calc_map_type_and_dist() in drivers/pci/p2pdma.c
-    (``latest``), or its 6.x form with pci_bridge_has_acs_redir() (``classic``).
+    Mirrors calc_map_type_and_dist() in drivers/pci/p2pdma.c (6.1, 7.2; pci-next's whitelist and
+    warnings): pci_bridge_has_acs_redir() on every port of both chains up to the common bridge.
     """
     if profile not in KERNEL_PROFILES:
         raise ValueError(f"unknown kernel profile {profile!r}")
+    prof = get_profile(profile)
+    table = prof.whitelist
     p = topo[provider] if isinstance(provider, str) else provider
     c = topo[client] if isinstance(client, str) else client
     common, a_child, b_child, dist_a, dist_b = _ancestors_walk(topo, p, c)
@@ -144,60 +148,34 @@ def calc_map_type_and_dist(
     ports: list[PortVerdict] = []
     acs_ports: list[str] = []
     unknown: list[str] = []
-    blocked_at: str | None = None
-    redirects = 0
     path: list[str] = []
 
-    def visit(dev: Device, target: Device | None) -> None:
-        nonlocal redirects, blocked_at
-        state = _check_port(dev, target, profile)
-        ports.append(
-            PortVerdict(
-                bdf=dev.bdf,
-                state=state,
-                ctrl=dev.acs.ctrl if dev.acs else None,
-                target=target.bdf if target else None,
-            )
-        )
+    def visit(dev: Device) -> None:
+        state = AcsState.REDIRECT if has_acs_redir(dev) else AcsState.DIRECT
+        ports.append(PortVerdict(bdf=dev.bdf, state=state, ctrl=dev.acs.ctrl if dev.acs else None, target=None))
         if not dev.acs_known:
             unknown.append(dev.bdf)
         if state != AcsState.DIRECT:
             acs_ports.append(dev.bdf)
-            if state == AcsState.REDIRECT:
-                redirects += 1
-            elif blocked_at is None:
-                blocked_at = dev.bdf
 
-    # Provider side, up to and including the common bridge (the whole chain when none).
+    # Provider side up to and including the common bridge; the kernel skips the rest when none.
     for dev in topo.chain(p.bdf):
-        target = b_child if (a_child is not None and dev.bdf == a_child.bdf) else None
-        if profile == "classic":
-            target = None
-        visit(dev, target)
+        if not no_common:
+            visit(dev)
         path.append(dev.bdf)
         if common is not None and dev.bdf == common.bdf:
             break
-    # Client side, excluding the common bridge. Classic kernels skip it when there is none.
     client_side: list[str] = []
-    if not (no_common and profile == "classic"):
-        for dev in topo.chain(c.bdf):
-            if common is not None and dev.bdf == common.bdf:
-                break
-            target = a_child if (b_child is not None and dev.bdf == b_child.bdf) else None
-            if profile == "classic":
-                target = None
-            visit(dev, target)
-            client_side.append(dev.bdf)
-    else:
-        client_side = [d.bdf for d in topo.chain(c.bdf)]
+    for dev in topo.chain(c.bdf):
+        if common is not None and dev.bdf == common.bdf:
+            break
+        if not no_common:
+            visit(dev)
+        client_side.append(dev.bdf)
     if no_common:
-        hbs = list(dict.fromkeys([p.host_bridge, c.host_bridge]))
-        path.extend(hbs)
+        path.extend(dict.fromkeys([p.host_bridge, c.host_bridge]))
     path.extend(reversed(client_side))
-
-    acs_blocks = bool(acs_ports) and not no_common
-    # Unknown ACS matters only where ACS decides: a shared upstream bridge.
-    unknown_ports = tuple(unknown) if not no_common else ()
+    unknown_ports = tuple(unknown)
 
     if not no_common and not acs_ports:
         if p.bdf == c.bdf:
@@ -209,98 +187,83 @@ def calc_map_type_and_dist(
             )
         reason += _unknown_text(unknown_ports)
         return Verdict(
-            provider=p.bdf,
-            client=c.bdf,
-            map_type=MapType.BUS_ADDR,
-            distance=distance,
-            common=common.bdf if common else None,
-            acs_ports=(),
-            unknown_ports=unknown_ports,
-            reason=reason,
-            fix=None,
-            path=tuple(path),
-            ports=tuple(ports),
+            provider=p.bdf, client=c.bdf, map_type=MapType.BUS_ADDR, distance=distance,
+            common=common.bdf if common else None, acs_ports=(), unknown_ports=unknown_ports,
+            reason=reason, fix=None, path=tuple(path), ports=tuple(ports),
         )
 
     log: list[str] = []
-    if acs_ports and (profile == "latest" or not no_common):
-        if profile == "latest" and blocked_at is not None:
-            log.append(f"pci {c.bdf}: ACS blocks the direct P2P path to provider {p.bdf} at {blocked_at}")
-        else:
-            log.append(f"pci {c.bdf}: ACS redirect is set between the client and provider ({p.bdf})")
-        what = "ACS controls" if profile == "latest" else "ACS redirect"
-        log.append(
-            f"pci {c.bdf}: to disable {what} for this path, add the kernel parameter: "
-            f"pci=disable_acs_redir={';'.join(acs_ports)}"
-        )
-    warn_whitelist = bool(acs_ports) and (profile == "latest" or not no_common)
-
     parts: list[str] = []
     fix: str | None = None
-    if acs_blocks:
+    if acs_ports:
+        log.append(prof.log_acs.format(client=c.bdf, provider=p.bdf))
+        log.append(prof.log_acs_param.format(client=c.bdf, list=prof.acs_list(acs_ports)))
         detail = ", ".join(_acs_port_text(topo, x) for x in acs_ports)
-        if blocked_at is not None:
-            parts.append(f"ACS blocks the direct P2P path at {blocked_at} ({detail})")
-        else:
-            parts.append(f"ACS redirect is set between the client and provider ({detail})")
+        parts.append(f"ACS redirect is set between the client and provider ({detail})")
         fix = "pci=disable_acs_redir=" + ";".join(acs_ports)
+    elif p.host_bridge != c.host_bridge:
+        parts.append(f"no common upstream bridge: different host bridges ({p.host_bridge}, {c.host_bridge})")
     else:
-        if p.host_bridge != c.host_bridge:
-            parts.append(
-                f"no common upstream bridge: different host bridges ({p.host_bridge}, {c.host_bridge})"
-            )
-        else:
-            parts.append(
-                "no common upstream bridge: different root ports of host bridge "
-                f"{p.host_bridge}"
-            )
+        parts.append(f"no common upstream bridge: different root ports of host bridge {p.host_bridge}")
 
     via: str | None = None
+    missing: list[str] = []
+    hints: list[str] = []
     if platform.cpu_supports_p2pdma(topo):
         assert topo.cpu is not None
         via = "cpu"
         why = f"the CPU is AMD Zen or newer (family {topo.cpu.family:#x})"
-    elif platform.host_bridge_whitelist(topo, p, c):
-        via = "whitelist"
-        why = platform.host_bridge_reason(topo, p, c)
-    elif profile == "latest" and platform.hmat_path(topo, p, c) is not None:
-        via = "hmat"
-        why = f"HMAT describes an ordered P2P path {c.host_bridge} -> {p.host_bridge}"
     else:
-        why = platform.host_bridge_reason(topo, p, c)
-        if profile == "latest":
-            why += "; no HMAT P2P path"
-    if warn_whitelist and via != "cpu":
-        log.extend(platform.whitelist_warnings(topo, p, c))
+        if platform.host_bridge_whitelist(topo, p, c, table):
+            via = "whitelist"
+        why = platform.host_bridge_reason(topo, p, c, table)
+        if any(not topo.host_bridge(n).host_bridge_dev_known for n in {p.host_bridge, c.host_bridge}):
+            missing.append(HB_UNKNOWN)
+            hints.append(host_bridge_hint(topo, prof))
+        if (bool(acs_ports) or prof.warn_whitelist_always):
+            log.extend(platform.whitelist_warnings(topo, p, c, table))
     if via is not None:
         map_type = MapType.THRU_HOST_BRIDGE
         parts.append(f"allowed through the host bridge: {why}")
     else:
         map_type = MapType.NOT_SUPPORTED
         parts.append(f"not allowed through the host bridge: {why}")
-        tail = ", or HMAT-described P2P path" if profile == "latest" else " or whitelisted host bridge"
-        if profile == "latest":
-            tail = ", whitelisted host bridge" + tail
-        log.append(
-            f"pci {c.bdf}: cannot be used for peer-to-peer DMA as the client and provider ({p.bdf})"
-            f" do not share an upstream bridge{tail}"
-        )
+        log.append(prof.log_no_path.format(client=c.bdf, provider=p.bdf))
     reason = "; ".join(parts) + _unknown_text(unknown_ports)
+    if missing:
+        reason += f"; {HB_UNKNOWN}: the whitelist check is a guess ({hints[0]})"
     return Verdict(
-        provider=p.bdf,
-        client=c.bdf,
-        map_type=map_type,
-        distance=distance,
-        common=common.bdf if common else None,
-        acs_ports=tuple(acs_ports) if acs_blocks else (),
-        unknown_ports=unknown_ports,
-        reason=reason,
-        fix=fix,
-        path=tuple(path),
-        ports=tuple(ports),
-        via=via,
-        kernel_log=tuple(log),
+        provider=p.bdf, client=c.bdf, map_type=map_type, distance=distance,
+        common=common.bdf if common else None, acs_ports=tuple(acs_ports), unknown_ports=unknown_ports,
+        reason=reason, fix=fix, path=tuple(path), ports=tuple(ports), via=via, kernel_log=tuple(log),
+        unknown=tuple(missing), hints=tuple(hints),
     )
+
+
+# Intel family 6 server models -> (name, the host bridge 00:00.0 they are known to carry).
+_INTEL_MODELS: dict[int, tuple[str, int]] = {
+    0x2D: ("Sandy Bridge-EP", 0x3C00),
+    0x3F: ("Haswell-EP", 0x2F00),
+    0x55: ("Skylake-SP/Cascade Lake", 0x2020),
+    0x6A: ("Ice Lake-SP", 0x09A2),
+    0x6C: ("Ice Lake-D", 0x09A2),
+    0x8F: ("Sapphire Rapids", 0x09A2),
+}
+
+
+def host_bridge_hint(topo: Topology, prof: KernelProfile) -> str:
+    """An informed note on a host bridge the input does not show, from the CPU the input names."""
+    cpu = topo.cpu
+    tail = "as root, capture the machine to be sure"
+    if cpu is None:
+        return f"the input names no CPU either; {tail}"
+    if cpu.vendor == "GenuineIntel" and cpu.family == 6 and cpu.model in _INTEL_MODELS:
+        name, dev = _INTEL_MODELS[cpu.model]
+        listed = any(e.vendor == 0x8086 and e.device == dev for e in prof.whitelist)
+        state = "is whitelisted" if listed else "is not whitelisted"
+        return f"Intel {name}: its host bridge 8086:{dev:04x} {state} in kernel profile {prof.name}; {tail}"
+    label = cpu.model_name or f"{cpu.vendor} family {cpu.family:#x} model {cpu.model:#x}"
+    return f"{label}: its host bridge device is not known here; {tail}"
 
 
 def _port_name(dev: Device | None) -> str:

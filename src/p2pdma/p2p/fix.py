@@ -23,7 +23,6 @@ import numpy as np
 import numpy.typing as npt
 
 from p2pdma.p2p import platform
-from p2pdma.p2p.acs import AcsState, acs_state
 from p2pdma.p2p.decide import DEFAULT_PROFILE, KERNEL_PROFILES, MapType, calc_map_type_and_dist
 from p2pdma.p2p.matrix import compute_matrix
 from p2pdma.pci import config as cfg
@@ -243,16 +242,13 @@ def path_uses(topo: Topology, selected: Iterable[str]) -> dict[str, set[str | No
 
 
 def _direct(dev: Device, ctrl: int, target: Device | None, profile: str) -> bool:
-    if profile == "classic":
-        return not ctrl & REDIRECT_BITS
-    assert dev.acs is not None
-    trial = dataclasses.replace(dev, acs=dataclasses.replace(dev.acs, ctrl=ctrl))
-    return acs_state(trial, target) == AcsState.DIRECT
+    """pci_bridge_has_acs_redir() on a trial control value: every kept profile (kernels.py) uses it."""
+    return not ctrl & REDIRECT_BITS
 
 
 def minimal_clear(topo: Topology, dev: Device, targets: Iterable[str | None], profile: str) -> int:
     """The fewest of RR, CR, EC to clear so every listed request passes ``dev`` directly (ties keep
-    RR/CR), as pci_acs_p2pdma_decision() (``latest``) or pci_bridge_has_acs_redir() (``classic``) decide."""
+    RR/CR), as pci_bridge_has_acs_redir() decides in every kept profile."""
     if dev.acs is None:
         return 0
     tgts = [topo[t] if t is not None else None for t in targets]

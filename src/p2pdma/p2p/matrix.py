@@ -3,8 +3,8 @@ ordered pair, computed from per-device prefix sums along the upstream chains.
 
 The walk of calc_map_type_and_dist() reduces to: the length L of the common prefix of the two
 chains (read top-down), the number of non-direct ports on the provider's chain up to and including
-the common bridge and on the client's chain below it, and, for the ``latest`` profile, a correction
-at the two children of the common bridge where Egress Control sees its target.
+the common bridge and on the client's chain below it (pci_bridge_has_acs_redir() in every kept
+profile); the profile only changes the host-bridge whitelist.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from p2pdma.p2p import platform
-from p2pdma.p2p.acs import EGRESS_PORT_TYPES
 from p2pdma.p2p.decide import DEFAULT_PROFILE, KERNEL_PROFILES, MapType, Verdict, calc_map_type_and_dist
+from p2pdma.p2p.kernels import get_profile
 from p2pdma.pci import config as cfg
 from p2pdma.pci.topology import Device, Topology
 
@@ -128,53 +128,12 @@ def compute_matrix(
     parent, depth, anc = _chains(topo)
     acs_present = np.array([d.acs is not None for d in devs])
     ctrl = np.array([d.acs.ctrl if d.acs else 0 for d in devs], dtype=np.int64)
-    rr_cr = (ctrl & (cfg.PCI_ACS_RR | cfg.PCI_ACS_CR)) != 0
-    if profile == "classic":
-        bad = acs_present & ((ctrl & (cfg.PCI_ACS_RR | cfg.PCI_ACS_CR | cfg.PCI_ACS_EC)) != 0)
-    else:
-        bad = acs_present & rr_cr
+    # pci_bridge_has_acs_redir(): RR, CR or EC (every kept profile)
+    bad = acs_present & ((ctrl & (cfg.PCI_ACS_RR | cfg.PCI_ACS_CR | cfg.PCI_ACS_EC)) != 0)
     unknown = np.array([not d.acs_known for d in devs])
     cum_bad = _cumulative(parent, bad.astype(np.int64))
     cum_unk = _cumulative(parent, unknown.astype(np.int64))
-
-    # Egress Control (latest only): for each device with EC set, which target port numbers have
-    # their vector bit set (1), clear (0) or cannot be looked up (-1).
-    ec_on = acs_present & ((ctrl & cfg.PCI_ACS_EC) != 0)
-    cr = (ctrl & cfg.PCI_ACS_CR) != 0
-    egress_type = np.array(
-        [d.port_type in EGRESS_PORT_TYPES and not d.port_type_inferred for d in devs]
-    )
-    port_no = np.array(
-        [d.port_number if d.port_number is not None else -1 for d in devs], dtype=np.int64
-    )
-    ec_rows = np.flatnonzero(ec_on) if profile == "latest" else np.zeros(0, dtype=np.int64)
-    ec_slot = np.full(m, -1, dtype=np.int64)
-    ec_slot[ec_rows] = np.arange(len(ec_rows))
-    egress_tab = np.full((max(len(ec_rows), 1), 256), -1, dtype=np.int8)
-    for s, k in enumerate(ec_rows):
-        acs = devs[k].acs
-        assert acs is not None
-        if not acs.cap & cfg.PCI_ACS_EC or not egress_type[k]:
-            continue
-        nbits = cfg.egress_vector_bits(acs.cap)
-        for port in range(nbits):
-            dw = port // 32
-            if dw < len(acs.egress_vector):
-                egress_tab[s, port] = (acs.egress_vector[dw] >> (port % 32)) & 1
-
-    def targeted_bad(x: IntArr, y: IntArr) -> BoolArr:
-        """Non-direct state of port x for a request whose target is port y (both valid indices)."""
-        res: BoolArr = bad[x].copy()
-        use = ec_on[x]
-        if not use.any():
-            return res
-        xs, ys = x[use], y[use]
-        ok = egress_type[ys] & (port_no[ys] >= 0)
-        e = np.full(len(xs), -1, dtype=np.int8)
-        slots = ec_slot[xs]
-        e[ok] = egress_tab[slots[ok], port_no[ys[ok]]]
-        res[use] = (e != 0) | cr[xs]
-        return res
+    table = get_profile(profile).whitelist
 
     # Host bridge permission per (provider hb, client hb).
     nhb = len(topo.host_bridges)
@@ -190,9 +149,10 @@ def compute_matrix(
             da, db = rep[ha.name], rep[hb.name]
             allowed[pa, pb] = (
                 cpu_ok
-                or platform.host_bridge_whitelist(topo, da, db)
-                or (profile == "latest" and platform.hmat_path(topo, da, db) is not None)
+                or platform.host_bridge_whitelist(topo, da, db, table)
             )
+    hb_unk = np.array([not h.host_bridge_dev_known for h in topo.host_bridges], dtype=bool)
+    guess = (hb_unk[:, None] | hb_unk[None, :]) & (not cpu_ok)
     hb_of = np.array([topo.hb_index[d.host_bridge] for d in devs], dtype=np.int64)
 
     anc_s = anc[sel]
@@ -218,17 +178,6 @@ def compute_matrix(
 
         nb = (cum_bad[rows_b] - cum_bad[a_idx] + bad[a_idx]) + (cum_bad[cols_b] - cum_bad[a_idx])
         nu = (cum_unk[rows_b] - cum_unk[a_idx] + unknown[a_idx]) + (cum_unk[cols_b] - cum_unk[a_idx])
-        if len(ec_rows):
-            both = common & (dist_a > 0) & (dist_b > 0)
-            if both.any():
-                ai = np.take_along_axis(anc[rows], np.minimum(lcp, anc.shape[1] - 1), axis=1)[both]
-                bj = anc_s[np.nonzero(both)[1], np.minimum(lcp, anc.shape[1] - 1)[both]]
-                corr = (
-                    targeted_bad(ai, bj).astype(np.int64) - bad[ai]
-                    + targeted_bad(bj, ai).astype(np.int64) - bad[bj]
-                )
-                nb = nb.copy()
-                nb[both] += corr
         direct = common & (nb == 0)
         hb_ok = allowed[hb_of[rows][:, None], hb_s[None, :]]
         block_mt = np.where(
@@ -238,7 +187,8 @@ def compute_matrix(
         )
         mt[r0 : r0 + b] = block_mt
         dist[r0 : r0 + b] = dist_block
-        certain[r0 : r0 + b] = ~(common & (nu > 0))
+        hb_guess = guess[hb_of[rows][:, None], hb_s[None, :]] & ~direct
+        certain[r0 : r0 + b] = ~(common & (nu > 0)) & ~hb_guess
         if progress is not None:
             progress(min(r0 + b, n), n)
     return Matrix(topo, profile, tuple(devs[k].bdf for k in sel), mt, dist, certain)

@@ -1,51 +1,23 @@
-"""Platform support for P2P through a host bridge: CPU, the host bridge whitelist, HMAT paths."""
+"""Platform support for P2P through a host bridge: CPU and the host bridge whitelist of a profile.
+
+(hmat_path() stays for the model's page notes; no kernel decides with HMAT.)
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from p2pdma.p2p.kernels import (  # noqa: F401  (re-exported)
+    PCI_ANY_ID,
+    PCI_VENDOR_ID_GOOGLE,
+    PCI_VENDOR_ID_INTEL,
+    PROFILES,
+    REQ_SAME_HOST_BRIDGE,
+    WhitelistEntry,
+)
 from p2pdma.pci.topology import Device, HmatPath, HostBridge, Topology
 
-PCI_VENDOR_ID_INTEL = 0x8086
-PCI_VENDOR_ID_GOOGLE = 0x1AE0
-PCI_ANY_ID = -1
-REQ_SAME_HOST_BRIDGE = 1 << 0
-
-
-@dataclass(frozen=True, slots=True)
-class WhitelistEntry:
-    """One row of ``pci_p2pdma_whitelist[]``."""
-
-    vendor: int
-    device: int
-    flags: int
-    comment: str
-
-
-# The table of drivers/pci/p2pdma.c, in its order (the first vendor/device match decides).
-WHITELIST: tuple[WhitelistEntry, ...] = (
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x3C00, REQ_SAME_HOST_BRIDGE, "Intel Xeon E5/Core i7"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x3C01, REQ_SAME_HOST_BRIDGE, "Intel Xeon E5/Core i7"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x2F00, REQ_SAME_HOST_BRIDGE, "Intel Xeon E7 v3/Xeon E5 v3"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x2F01, REQ_SAME_HOST_BRIDGE, "Intel Xeon E7 v3/Xeon E5 v3"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x2030, 0, "Intel Skylake-E"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x2031, 0, "Intel Skylake-E"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x2032, 0, "Intel Skylake-E"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x2033, 0, "Intel Skylake-E"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x2020, 0, "Intel Skylake-E"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x09A2, 0, "Intel Ice Lake-SP"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x0B25, 0, "Intel DSA (Sapphire Rapids)"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x0CFE, 0, "Intel IAX (Sapphire Rapids)"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x11FB, 0, "Intel DSA (Granite Rapids-D)"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x1212, 0, "Intel DSA (Diamond Rapids)"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x1216, 0, "Intel IAA (Diamond Rapids)"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x4940, 0, "Intel QAT 4xxx"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x4942, 0, "Intel QAT 401xx"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x4944, 0, "Intel QAT 402xx"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x4946, 0, "Intel QAT 420xx"),
-    WhitelistEntry(PCI_VENDOR_ID_INTEL, 0x4948, 0, "Intel QAT 6xxx"),
-    WhitelistEntry(PCI_VENDOR_ID_GOOGLE, PCI_ANY_ID, 0, "Google SoCs"),
-)
+# The newest mainline tree's table (callers that name no profile).
+WHITELIST: tuple[WhitelistEntry, ...] = PROFILES["7.2"].whitelist
+Table = tuple[WhitelistEntry, ...]
 
 
 def cpu_supports_p2pdma(topo: Topology) -> bool:
@@ -54,11 +26,11 @@ def cpu_supports_p2pdma(topo: Topology) -> bool:
     return cpu is not None and cpu.vendor == "AuthenticAMD" and cpu.family >= 0x17
 
 
-def whitelist_entry(dev: Device | None) -> WhitelistEntry | None:
-    """The first whitelist row matching a host bridge device, or None."""
+def whitelist_entry(dev: Device | None, table: Table = WHITELIST) -> WhitelistEntry | None:
+    """The first row of ``table`` matching a host bridge device, or None."""
     if dev is None:
         return None
-    for e in WHITELIST:
+    for e in table:
         if dev.vendor != e.vendor:
             continue
         if e.device != PCI_ANY_ID and dev.device != e.device:
@@ -67,22 +39,22 @@ def whitelist_entry(dev: Device | None) -> WhitelistEntry | None:
     return None
 
 
-def _host_bridge_ok(topo: Topology, hb: HostBridge, same_host_bridge: bool) -> bool:
+def _host_bridge_ok(topo: Topology, hb: HostBridge, same_host_bridge: bool, table: Table) -> bool:
     """Mirrors __host_bridge_whitelist(): the host bridge device's row, REQ_SAME_HOST_BRIDGE honoured."""
     dev = topo[hb.host_dev] if hb.host_dev else None
-    e = whitelist_entry(dev)
+    e = whitelist_entry(dev, table)
     if e is None:
         return False
     return not (e.flags & REQ_SAME_HOST_BRIDGE and not same_host_bridge)
 
 
-def host_bridge_whitelist(topo: Topology, a: Device, b: Device) -> bool:
+def host_bridge_whitelist(topo: Topology, a: Device, b: Device, table: Table = WHITELIST) -> bool:
     """Whether the root complex(es) of ``a`` and ``b`` forward P2P. Mirrors host_bridge_whitelist()."""
     ha = topo.host_bridge(a.host_bridge)
     hb = topo.host_bridge(b.host_bridge)
     if ha.name == hb.name:
-        return _host_bridge_ok(topo, ha, True)
-    return _host_bridge_ok(topo, ha, False) and _host_bridge_ok(topo, hb, False)
+        return _host_bridge_ok(topo, ha, True, table)
+    return _host_bridge_ok(topo, ha, False, table) and _host_bridge_ok(topo, hb, False, table)
 
 
 def hmat_path(topo: Topology, provider: Device, client: Device) -> HmatPath | None:
@@ -94,7 +66,7 @@ def hmat_path(topo: Topology, provider: Device, client: Device) -> HmatPath | No
     return None
 
 
-def host_bridge_reason(topo: Topology, a: Device, b: Device) -> str:
+def host_bridge_reason(topo: Topology, a: Device, b: Device, table: Table = WHITELIST) -> str:
     """Why the whitelist refuses (or accepts) the pair, naming the host bridge device(s)."""
     parts = []
     names = dict.fromkeys([a.host_bridge, b.host_bridge])
@@ -105,7 +77,7 @@ def host_bridge_reason(topo: Topology, a: Device, b: Device) -> str:
             parts.append(f"host bridge {name} has no devfn 00.0 or Root Port first on its root bus")
             continue
         dev = topo[hb.host_dev]
-        e = whitelist_entry(dev)
+        e = whitelist_entry(dev, table)
         ident = f"{dev.vendor:04x}:{dev.device:04x} at {dev.bdf}"
         if e is None:
             parts.append(f"host bridge {name} ({ident}) is not in the P2PDMA whitelist")
@@ -118,7 +90,7 @@ def host_bridge_reason(topo: Topology, a: Device, b: Device) -> str:
     return "; ".join(parts)
 
 
-def whitelist_warnings(topo: Topology, a: Device, b: Device) -> list[str]:
+def whitelist_warnings(topo: Topology, a: Device, b: Device, table: Table = WHITELIST) -> list[str]:
     """The "Host bridge not in P2PDMA whitelist" lines host_bridge_whitelist() prints with warn set,
     in its order and with its short-circuit (the second host bridge is not looked at when the
     first fails)."""
@@ -129,7 +101,7 @@ def whitelist_warnings(topo: Topology, a: Device, b: Device) -> list[str]:
         if hb.host_dev is None:
             return out
         dev = topo[hb.host_dev]
-        e = whitelist_entry(dev)
+        e = whitelist_entry(dev, table)
         if e is None:
             out.append(f"pci {dev.bdf}: Host bridge not in P2PDMA whitelist: {dev.vendor:04x}:{dev.device:04x}")
             return out

@@ -1,0 +1,199 @@
+"""Kernel profiles: the P2P rules of real kernel trees, as data (no numpy, cheap to import for ``--help``).
+
+Each profile records what one drivers/pci/p2pdma.c decides: the ACS rule, the host-bridge whitelist rows,
+the pci_host_bridge_dev() and cpu_supports_p2pdma() rules, and the exact log strings, plus the tree read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PCI_VENDOR_ID_INTEL = 0x8086
+PCI_VENDOR_ID_GOOGLE = 0x1AE0
+PCI_VENDOR_ID_NVIDIA = 0x10DE
+PCI_VENDOR_ID_ZHAOXIN = 0x1D17
+PCI_ANY_ID = -1
+REQ_SAME_HOST_BRIDGE = 1 << 0
+
+ACS_REDIR_ANY_PORT = "pci_bridge_has_acs_redir: RR, CR or EC on any port of the path"
+HOST_BRIDGE_DEV_RULE = "pci_host_bridge_dev: first device on the root bus if devfn 00.0 or a Root Port"
+CPU_RULE = "cpu_supports_p2pdma: x86 AMD family >= 0x17"
+ACS_LIST_BUF = 128  # char buf[128] behind the pci=disable_acs_redir= list (seq_buf)
+
+
+@dataclass(frozen=True, slots=True)
+class WhitelistEntry:
+    """One row of ``pci_p2pdma_whitelist[]``."""
+
+    vendor: int
+    device: int
+    flags: int
+    comment: str
+
+
+@dataclass(frozen=True, slots=True)
+class KernelProfile:
+    """The P2P rules of one kernel tree."""
+
+    name: str
+    title: str
+    acs_rule: str
+    whitelist: tuple[WhitelistEntry, ...]
+    source: str
+    # Host bridge "not in whitelist" warning: only when ACS redirected (released kernels) or on
+    # every verbose host-bridge fallback (pci-next).
+    warn_whitelist_always: bool = False
+    acs_list_buf: int = ACS_LIST_BUF
+    host_bridge_dev_rule: str = HOST_BRIDGE_DEV_RULE
+    cpu_rule: str = CPU_RULE
+    log_acs: str = "pci {client}: ACS redirect is set between the client and provider ({provider})"
+    log_acs_param: str = (
+        "pci {client}: to disable ACS redirect for this path, add the kernel parameter: pci=disable_acs_redir={list}"
+    )
+    log_no_path: str = (
+        "pci {client}: cannot be used for peer-to-peer DMA as the client and provider ({provider})"
+        " do not share an upstream bridge or whitelisted host bridge"
+    )
+    log_whitelist: str = "pci {root}: Host bridge not in P2PDMA whitelist: {vendor:04x}:{device:04x}"
+
+    def acs_list(self, bdfs: list[str]) -> str:
+        """The ``pci=disable_acs_redir=`` list as the kernel prints it: "bdf;" entries in a seq_buf of
+        ``acs_list_buf`` bytes (cut at size - 1 on overflow), the final semicolon dropped."""
+        full = "".join(b + ";" for b in bdfs)
+        if len(full) > self.acs_list_buf - 1:
+            return full[: self.acs_list_buf - 1]
+        return full[:-1]
+
+
+def _intel(device: int, flags: int, comment: str) -> WhitelistEntry:
+    return WhitelistEntry(PCI_VENDOR_ID_INTEL, device, flags, comment)
+
+
+_WL_61: tuple[WhitelistEntry, ...] = (
+    _intel(0x3C00, REQ_SAME_HOST_BRIDGE, "Intel Xeon E5/Core i7"),
+    _intel(0x3C01, REQ_SAME_HOST_BRIDGE, "Intel Xeon E5/Core i7"),
+    _intel(0x2F00, REQ_SAME_HOST_BRIDGE, "Intel Xeon E7 v3/Xeon E5 v3"),
+    _intel(0x2F01, REQ_SAME_HOST_BRIDGE, "Intel Xeon E7 v3/Xeon E5 v3"),
+    _intel(0x2030, 0, "Intel Skylake-E"),
+    _intel(0x2031, 0, "Intel Skylake-E"),
+    _intel(0x2032, 0, "Intel Skylake-E"),
+    _intel(0x2033, 0, "Intel Skylake-E"),
+    _intel(0x2020, 0, "Intel Skylake-E"),
+    _intel(0x09A2, 0, "Intel Ice Lake-SP"),
+)
+_WL_72: tuple[WhitelistEntry, ...] = _WL_61 + (
+    _intel(0x0B25, 0, "Intel DSA (Sapphire Rapids)"),
+    _intel(0x0CFE, 0, "Intel IAX (Sapphire Rapids)"),
+    _intel(0x11FB, 0, "Intel DSA (Granite Rapids-D)"),
+    _intel(0x1212, 0, "Intel DSA (Diamond Rapids)"),
+    _intel(0x1216, 0, "Intel IAA (Diamond Rapids)"),
+    _intel(0x4940, 0, "Intel QAT 4xxx"),
+    _intel(0x4942, 0, "Intel QAT 401xx"),
+    _intel(0x4944, 0, "Intel QAT 402xx"),
+    _intel(0x4946, 0, "Intel QAT 420xx"),
+    _intel(0x4948, 0, "Intel QAT 6xxx"),
+    WhitelistEntry(PCI_VENDOR_ID_GOOGLE, PCI_ANY_ID, 0, "Google SoCs"),
+)
+_WL_PCI_NEXT: tuple[WhitelistEntry, ...] = _WL_72 + (
+    WhitelistEntry(PCI_VENDOR_ID_NVIDIA, 0x2F95, 0, "NVIDIA Grace"),
+    WhitelistEntry(PCI_VENDOR_ID_NVIDIA, 0x2F96, 0, "NVIDIA Grace"),
+    WhitelistEntry(PCI_VENDOR_ID_NVIDIA, 0x2F97, 0, "NVIDIA Grace"),
+    WhitelistEntry(PCI_VENDOR_ID_NVIDIA, 0x2F98, 0, "NVIDIA Grace"),
+    WhitelistEntry(PCI_VENDOR_ID_ZHAOXIN, 0x1003, REQ_SAME_HOST_BRIDGE, "Zhaoxin"),
+    WhitelistEntry(PCI_VENDOR_ID_ZHAOXIN, 0x1005, REQ_SAME_HOST_BRIDGE, "Zhaoxin"),
+    WhitelistEntry(PCI_VENDOR_ID_ZHAOXIN, 0x1006, REQ_SAME_HOST_BRIDGE, "Zhaoxin"),
+    WhitelistEntry(PCI_VENDOR_ID_ZHAOXIN, 0x1007, REQ_SAME_HOST_BRIDGE, "Zhaoxin"),
+    WhitelistEntry(PCI_VENDOR_ID_ZHAOXIN, 0x1008, 0, "Zhaoxin"),
+)
+
+PROFILES: dict[str, KernelProfile] = {
+    "6.1": KernelProfile(
+        "6.1", "Linux 6.1", ACS_REDIR_ANY_PORT, _WL_61,
+        "Debian linux-source-6.1 6.1.176-1 (bookworm), drivers/pci/p2pdma.c",
+    ),
+    "7.2": KernelProfile(
+        "7.2", "Linux 7.2", ACS_REDIR_ANY_PORT, _WL_72,
+        "Debian linux-source-7.2 7.2.13-1 (unstable), drivers/pci/p2pdma.c",
+    ),
+    "pci-next": KernelProfile(
+        "pci-next", "PCI tree p2pdma branch", ACS_REDIR_ANY_PORT, _WL_PCI_NEXT,
+        "PCI maintainer's p2pdma branch (push of 2026-10-09) as issue 11 states it; not read line by line here",
+        warn_whitelist_always=True,
+    ),
+}
+NEWEST_MAINLINE = "7.2"
+ALIASES = ("classic", "latest")
+AUTO = "auto"
+# Mainline releases whose tree was read, and the profile in force from each (first release of each range).
+_RANGES: tuple[tuple[tuple[int, int], str], ...] = (((5, 4), "6.1"), ((6, 2), "7.2"))
+_READ = {(6, 1), (7, 2)}
+KERNEL_CHOICES = (AUTO, *PROFILES, *ALIASES)
+
+_REL = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(.*)$")
+
+
+def get_profile(name: str) -> KernelProfile:
+    """The profile named ``name`` (aliases resolve to the newest mainline profile)."""
+    if name in ALIASES:
+        name = NEWEST_MAINLINE
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown kernel profile {name!r} (known: {', '.join(PROFILES)})") from None
+
+
+def _for_release(release: str, what: str) -> tuple[str, list[str]] | None:
+    m = _REL.match(release.strip())
+    if not m:
+        return None
+    major, minor = int(m.group(1)), int(m.group(2))
+    notes: list[str] = []
+    if m.group(4):
+        notes.append(
+            f"{what} {release.strip()}: rules of mainline {major}.{minor}; distribution backports are not modelled"
+        )
+    if (major, minor) < _RANGES[0][0] or (major, minor) > (7, 2):
+        notes.append(f"kernel {major}.{minor} is outside the modelled 5.4 .. 7.2: using {NEWEST_MAINLINE}")
+        return NEWEST_MAINLINE, notes
+    prof = _RANGES[0][1]
+    for start, name in _RANGES:
+        if (major, minor) >= start:
+            prof = name
+    if (major, minor) not in _READ:
+        notes.append(f"kernel {major}.{minor}: its tree was not read; the rules of {prof} (next tree read) are used")
+    return prof, notes
+
+
+def resolve_kernel(name: str | None, release: str | None) -> tuple[str, str, list[str]]:
+    """``--kernel`` value and the machine's release -> (profile name, kernel_source, notes).
+
+    ``auto``/None follow ``release`` (``uname -r`` or a captured osrelease); a profile name is itself;
+    ``classic``/``latest`` are aliases of the newest mainline profile; ``X.Y[.Z]`` picks the profile in
+    force at that release. Raises ValueError for anything else.
+    """
+    if name is None or name == AUTO:
+        if release:
+            got = _for_release(release, "osrelease")
+            if got is not None:
+                return got[0], f"osrelease {release.strip()}", got[1]
+            return NEWEST_MAINLINE, f"osrelease {release.strip()}", [
+                f"kernel release {release.strip()!r} not understood: using the newest mainline"
+                f" profile {NEWEST_MAINLINE}"
+            ]
+        return NEWEST_MAINLINE, "default", [
+            f"this input carries no kernel release: using the newest mainline profile {NEWEST_MAINLINE}"
+        ]
+    if name in PROFILES:
+        return name, "option", []
+    if name in ALIASES:
+        return NEWEST_MAINLINE, "option", [
+            f"--kernel {name} is an alias of the newest mainline profile {NEWEST_MAINLINE}"
+        ]
+    m = _REL.match(name)
+    got = _for_release(name, "release") if m is not None and not m.group(4) else None
+    if got is None:
+        raise ValueError(
+            f"unknown kernel {name!r}: use auto, {', '.join(PROFILES)}, classic, latest or a release X.Y[.Z]"
+        )
+    return got[0], f"release {name}", got[1]
