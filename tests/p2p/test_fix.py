@@ -122,22 +122,19 @@ def test_path_uses_match_the_per_pair_walk(args: dict[str, Any], data: st.DataOb
         for c in chosen:
             if p == c or not _has_common(topo, p, c):
                 continue
-            for port in calc_map_type_and_dist(topo, p, c, "latest").ports:
+            for port in calc_map_type_and_dist(topo, p, c, "7.2").ports:
                 want.setdefault(port.bdf, set()).add(port.target)
     assert path_uses(topo, chosen) == want
 
 
-def test_acs_redirect_example_latest_and_classic() -> None:
+@pytest.mark.parametrize("profile", ["6.1", "7.2", "pci-next", "latest", "classic"])
+def test_acs_redirect_example_every_profile(profile: str) -> None:
     topo = examples.load("acs-redirect")
     gpus = ["0000:08:00.0", "0000:09:00.0", "0000:0a:00.0"]
-    latest = plan_fix(topo, gpus, "latest")
-    # 07:00.0 blocks port 2 (09:00.0's port) in its egress vector: only EC can be cleared by parameter
-    assert [(c.bdf, c.before, c.after) for c in latest.changes] == [("0000:07:00.0", 0x20, 0x00)]
-    assert latest.config_acs == "pci=config_acs=x0xxxxx@0000:07:00.0"
-    classic = plan_fix(topo, gpus, "classic")
-    # a classic kernel redirects at any EC port: both EC ports of switch B change
-    assert [c.bdf for c in classic.changes] == ["0000:07:00.0", "0000:07:01.0"]
-    sw_a = plan_fix(topo, ["0000:03:00.0", "0000:04:00.0"], "latest")
+    # pci_bridge_has_acs_redir() redirects at any EC port: both EC ports of switch B change
+    plan = plan_fix(topo, gpus, profile)
+    assert [c.bdf for c in plan.changes] == ["0000:07:00.0", "0000:07:01.0"]
+    sw_a = plan_fix(topo, ["0000:03:00.0", "0000:04:00.0"], profile)
     assert [(c.bdf, cfg.acs_bits_text(c.cleared)) for c in sw_a.changes] == [
         ("0000:02:00.0", "RR,CR"), ("0000:02:01.0", "RR,CR")]
     assert sw_a.config_acs == "pci=config_acs=xx100x1@0000:02:00.0;xx100x1@0000:02:01.0"
@@ -164,13 +161,14 @@ def _switch(dsp_acs: dict[str, Any]) -> Topology:
         ({"cap": 0x7F, "ctrl": 0x04}, "RR"),  # RR only
         ({"cap": 0x7F, "ctrl": 0x31, "egress": [0x6]}, "EC"),  # EC blocks, no RR: clearing EC is enough
         ({"cap": 0x7F, "ctrl": 0x35, "egress": [0x6]}, "RR,EC"),  # EC blocks with RR: both
-        ({"cap": 0x7F, "ctrl": 0x25, "egress": [0x0]}, None),  # EC with clear vector bits: RR ignored
-        ({"cap": 0x7F, "ctrl": 0x2D, "egress": [0x0]}, "CR"),  # ... but CR still redirects
+        # pci_bridge_has_acs_redir() does not read the egress vector: every set RR/CR/EC goes
+        ({"cap": 0x7F, "ctrl": 0x25, "egress": [0x0]}, "RR,EC"),
+        ({"cap": 0x7F, "ctrl": 0x2D, "egress": [0x0]}, "RR,CR,EC"),
     ],
 )
 def test_minimal_bits_at_the_divergence(acs: dict[str, Any], cleared: str | None) -> None:
     topo = _switch(acs)
-    plan = plan_fix(topo, ["0000:03:00.0", "0000:04:00.0"], "latest")
+    plan = plan_fix(topo, ["0000:03:00.0", "0000:04:00.0"], "7.2")
     got = {cfg.acs_bits_text(c.cleared) for c in plan.changes}
     assert got == ({cleared} if cleared else set())
     assert plan.verified
@@ -219,7 +217,7 @@ def test_cli_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "fix", "--example", "acs-redirect", "03:00.0", "04:00.0", "08:00.0", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert doc["schema"] == "p2pdma.fix/1" and doc["kernel"] == "latest"
+    assert doc["schema"] == "p2pdma.fix/1" and doc["kernel"] in ("latest", "7.2")
     assert doc["devices"] == ["0000:03:00.0", "0000:04:00.0", "0000:08:00.0"]
     assert doc["summary"]["pairs"] == 6 and doc["verified"] is True
     assert [c["bdf"] for c in doc["changes"]] == ["0000:02:00.0", "0000:02:01.0"]

@@ -10,6 +10,8 @@ The reference machine (chain lengths in brackets, counted the kernel's way):
           02:03.0 DSP pn3 -> 05:00.0 NVMe [4]
       00:02.0 root port -> 06:00.0 GPU [2]
     pci0000:80  80:00.0 host bridge device -> 80:01.0 root port -> 81:00.0 GPU [2]
+
+The egress-vector and HMAT vectors of the withdrawn v3/v4 `latest` shape were dropped: no kernel tree has them.
 """
 
 from __future__ import annotations
@@ -89,8 +91,8 @@ def reference(
 
 
 def both(topo: Topology, p: str, c: str) -> tuple[tuple[MapType, int], tuple[MapType, int]]:
-    lat = calc_map_type_and_dist(topo, p, c, "latest")
-    cla = calc_map_type_and_dist(topo, p, c, "classic")
+    lat = calc_map_type_and_dist(topo, p, c, "7.2")
+    cla = calc_map_type_and_dist(topo, p, c, "6.1")
     return (lat.map_type, lat.distance), (cla.map_type, cla.distance)
 
 
@@ -112,15 +114,15 @@ def test_acs_redirect_on_downstream_ports(tmp_path: Path) -> None:
     acs = {"cap": 0x7F, "ctrl": RR_CR}
     t = as_sysfs(reference(dsp_acs={DSP1: acs, DSP2: acs}), tmp_path)
     assert both(t, GPU0, NIC) == ((THRU, 4), (THRU, 4))
-    v = calc_map_type_and_dist(t, GPU0, NIC, "latest")
+    v = calc_map_type_and_dist(t, GPU0, NIC, "7.2")
     assert v.acs_ports == (DSP1, DSP2)  # provider side first, as the kernel lists them
     assert v.fix == f"pci=disable_acs_redir={DSP1};{DSP2}"
     assert v.kernel_log == (
         f"pci {NIC}: ACS redirect is set between the client and provider ({GPU0})",
-        f"pci {NIC}: to disable ACS controls for this path, add the kernel parameter: "
+        f"pci {NIC}: to disable ACS redirect for this path, add the kernel parameter: "
         f"pci=disable_acs_redir={DSP1};{DSP2}",
     )
-    c = calc_map_type_and_dist(t, NIC, GPU0, "classic")
+    c = calc_map_type_and_dist(t, NIC, GPU0, "6.1")
     assert c.acs_ports == (DSP2, DSP1)
     assert c.kernel_log[1].endswith(f"to disable ACS redirect for this path, add the kernel parameter: "
                                     f"pci=disable_acs_redir={DSP2};{DSP1}")
@@ -136,58 +138,16 @@ def test_acs_redirect_on_downstream_ports(tmp_path: Path) -> None:
     assert v2.fix == f"pci=disable_acs_redir={DSP1}"
 
 
-def test_egress_control_only_at_divergence(tmp_path: Path) -> None:
-    # DSP1 sets only EC; its vector blocks port 3 (DSP3), not port 2 (DSP2).
-    ec = {"cap": 0x7F | (8 << 8), "ctrl": EC, "egress": [1 << 3]}
-    t = as_sysfs(reference(dsp_acs={DSP1: ec}), tmp_path)
-    # toward DSP2: vector bit clear -> direct under latest; classic treats any EC as redirect
-    assert both(t, GPU0, NIC) == ((BUS, 4), (THRU, 4))
-    assert both(t, NIC, GPU0) == ((BUS, 4), (THRU, 4))
-    # toward DSP3: bit set, RR clear -> an ACS violation: not direct, so through the host bridge
-    assert both(t, GPU0, NVME) == ((THRU, 4), (THRU, 4))
-    v = calc_map_type_and_dist(t, GPU0, NVME, "latest")
-    assert v.kernel_log[0] == f"pci {NVME}: ACS blocks the direct P2P path to provider {GPU0} at {DSP1}"
-    assert v.acs_ports == (DSP1,)
-
-
-def test_egress_bit_set_with_rr_redirects(tmp_path: Path) -> None:
-    ec = {"cap": 0x7F | (8 << 8), "ctrl": EC | 0x04, "egress": [1 << 2]}
-    t = as_sysfs(reference(dsp_acs={DSP1: ec}), tmp_path)
-    v = calc_map_type_and_dist(t, GPU0, NIC, "latest")
-    assert (v.map_type, v.ports[1].state.name) == (THRU, "REDIRECT")
-    assert v.kernel_log[0].startswith(f"pci {NIC}: ACS redirect is set")
-
-
-def test_egress_vector_too_small_is_not_supported(tmp_path: Path) -> None:
-    # vector size 2 bits: port 2 (DSP2) lies beyond it -> -ERANGE -> not supported at DSP1
-    ec = {"cap": 0x7F | (2 << 8), "ctrl": EC, "egress": [0]}
-    t = as_sysfs(reference(dsp_acs={DSP1: ec}), tmp_path)
-    v = calc_map_type_and_dist(t, GPU0, NIC, "latest")
-    assert v.map_type == THRU and v.ports[1].state.name == "NOT_SUPPORTED"
-
-
-def test_egress_control_on_common_bridge_is_ignored_by_latest(tmp_path: Path) -> None:
-    # The common bridge is evaluated with no target: EC alone does nothing there (latest),
-    # while classic counts any EC bit as a redirect.
-    t = as_sysfs(reference(usp_acs={"cap": 0x7F, "ctrl": EC, "egress": [0xFFFFFFFF]}), tmp_path)
-    assert both(t, GPU0, NIC) == ((BUS, 4), (THRU, 4))
-    # RR on the common bridge redirects under both
-    t2 = as_sysfs(reference(usp_acs={"cap": 0x7F, "ctrl": 0x04}), tmp_path / "b")
-    assert both(t2, GPU0, NIC) == ((THRU, 4), (THRU, 4))
-    assert calc_map_type_and_dist(t2, GPU0, NIC).acs_ports == (USP,)
-
-
 def test_multifunction_device_with_acs(tmp_path: Path) -> None:
     # Function 0 has ACS with RR: it is a_child of the common DSP for the fn0/fn1 pair.
     t = as_sysfs(reference(gpu0_acs={"cap": 0x7F, "ctrl": 0x04}), tmp_path)
     assert both(t, GPU0, GPU1) == ((THRU, 2), (THRU, 2))
     assert both(t, GPU1, GPU0) == ((THRU, 2), (THRU, 2))
     assert calc_map_type_and_dist(t, GPU1, GPU0).acs_ports == (GPU0,)
-    # EC alone on an endpoint function: latest cannot use a vector there (-EOPNOTSUPP) and calls
-    # the direct path unsupported; classic calls it a redirect. Both route through the host bridge.
+    # EC alone on an endpoint function: pci_bridge_has_acs_redir() calls it a redirect.
     t2 = as_sysfs(reference(gpu0_acs={"cap": 0x7F, "ctrl": EC}), tmp_path / "b")
-    v = calc_map_type_and_dist(t2, GPU0, GPU1, "latest")
-    assert v.map_type == THRU and v.ports[0].state.name == "NOT_SUPPORTED"
+    v = calc_map_type_and_dist(t2, GPU0, GPU1, "7.2")
+    assert v.map_type == THRU and v.ports[0].state.name == "REDIRECT"
     assert both(t2, GPU0, GPU1)[1] == (THRU, 2)
     # GPU0 as the same function: its own ACS is still examined (no target): RR redirects
     assert both(t, GPU0, GPU0) == ((THRU, 0), (THRU, 0))
@@ -250,16 +210,6 @@ def test_amd_zen(tmp_path: Path, vendor: str, family: int, expect: MapType) -> N
                            cpu={"vendor": vendor, "family": family}), tmp_path)
     assert both(t, GPU0, GPU_S1) == ((expect, 6), (expect, 6))
     assert both(t, GPU0, NIC) == ((BUS, 4), (BUS, 4))
-
-
-def test_hmat_path_latest_only_and_directional(tmp_path: Path) -> None:
-    # Client in pci0000:00 (initiator) reaches a provider in pci0000:80 (target).
-    t = as_sysfs(reference(host_id="8086:1234", second_socket=True,
-                           hmat=[{"initiator": "pci0000:00", "target": "pci0000:80",
-                                  "read_bandwidth": 20000, "write_bandwidth": 20000}]), tmp_path)
-    assert both(t, GPU_S1, GPU0) == ((THRU, 6), (NO, 6))
-    assert both(t, GPU0, GPU_S1) == ((NO, 6), (NO, 6))
-    assert calc_map_type_and_dist(t, GPU_S1, GPU0).via == "hmat"
 
 
 def test_unreadable_config_makes_the_verdict_uncertain(tmp_path: Path) -> None:

@@ -214,7 +214,8 @@ def apply_acs_ctrl(topo: Topology, ctrl: dict[str, int]) -> Topology:
 
 def path_uses(topo: Topology, selected: Iterable[str]) -> dict[str, set[str | None]]:
     """Every port on the path of any ordered pair of distinct ``selected`` functions that share an
-    upstream bridge, with the egress targets calc_map_type_and_dist() checks there (None: none)."""
+    upstream bridge, with the egress targets calc_map_type_and_dist() checks there (always None:
+    pci_bridge_has_acs_redir() reads no target)."""
     sel = list(dict.fromkeys(selected))
     # branches[x][child-of-x or None] = selected functions at or below x through that child
     branches: dict[str, dict[str | None, list[str]]] = {}
@@ -232,7 +233,7 @@ def path_uses(topo: Topology, selected: Iterable[str]) -> dict[str, set[str | No
         for child, members in br.items():
             if child is None:
                 continue
-            uses.setdefault(child, set()).update(y for y in br if y != child)
+            uses.setdefault(child, set()).add(None)  # no kept profile reads an egress target
             for m in members:
                 for y in chains[m]:
                     if y == child:
