@@ -30,7 +30,7 @@ def _dest(option: str) -> str:
 
 def add_source_args(p: argparse.ArgumentParser) -> None:
     """The machine options, ``--kernel`` and ``--json``."""
-    from p2pdma.p2p.decide import DEFAULT_PROFILE, KERNEL_PROFILES
+    from p2pdma.p2p.kernels import AUTO, KERNEL_CHOICES
 
     g = p.add_argument_group("machine (default: this machine's live /sys)")
     src = g.add_mutually_exclusive_group()
@@ -38,11 +38,25 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
         src.add_argument(option, metavar=metavar, help=helptext)
     p.add_argument(
         "--kernel",
-        choices=KERNEL_PROFILES,
-        default=DEFAULT_PROFILE,
-        help="kernel rules: latest (per-port ACS decision, HMAT) or classic (6.x)",
+        type=_kernel_arg,
+        default=AUTO,
+        metavar="{" + ",".join(KERNEL_CHOICES) + ",X.Y}",
+        help="kernel rules: auto (the machine's kernel release; default), a profile, or a release X.Y[.Z]"
+        " (classic/latest: aliases of the newest mainline profile)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _kernel_arg(value: str) -> str:
+    """``--kernel`` syntax check through the resolver (one-line argparse error when it refuses)."""
+    from p2pdma.p2p.kernels import AUTO, resolve_kernel
+
+    if value != AUTO:
+        try:
+            resolve_kernel(value, None)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def machine_source(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -59,7 +73,29 @@ def load_topology(args: argparse.Namespace) -> Topology:
     from p2pdma.sources import open_machine
 
     kind, value = machine_source(args)
-    return open_machine(kind, value)
+    topo = open_machine(kind, value)
+    resolve_kernel_arg(args, topo, live=kind is None)
+    return topo
+
+
+def resolve_kernel_arg(args: argparse.Namespace, topo: Topology | None, live: bool = False) -> None:
+    """Resolve ``args.kernel`` in place to a profile name (auto: the live ``uname -r`` or the input's
+    captured osrelease), set ``args.kernel_source``/``args.kernel_notes``, print the notes on stderr.
+    None (simulate: the scenario's kernel) is left for the command."""
+    import os
+
+    from p2pdma.p2p.kernels import resolve_kernel
+
+    name = getattr(args, "kernel", None)
+    if name is None:
+        return
+    release = os.uname().release if live else getattr(topo, "kernel_release", None)
+    profile, source, notes = resolve_kernel(name, release)
+    if live and name == "auto":
+        source = f"uname -r {release}"
+    args.kernel, args.kernel_source, args.kernel_notes = profile, source, notes
+    for n in notes:
+        print(f"p2pdma: note: {n}", file=sys.stderr)
 
 
 def warn(topo: Topology) -> None:
