@@ -368,8 +368,6 @@ def _decision_reads_host_bridge_dev_known() -> bool:
     return any("host_bridge_dev_known" in inspect.getsource(m) for m in (decide, platform))
 
 
-@pytest.mark.xfail(not _decision_reads_host_bridge_dev_known(), strict=True,
-                   reason="the decision side (p2p/, helper A) does not read host_bridge_dev_known yet")
 def test_no_verdict_is_certain_about_a_host_bridge_device_the_file_lacks() -> None:
     """A verdict the host bridge decides (no common bridge or ACS redirect, not the AMD Zen CPU rule)
     on a host bridge whose device the file lacks must be certain: false, naming that fact."""
