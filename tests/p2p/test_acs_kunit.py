@@ -1,6 +1,9 @@
-"""The kernel's KUnit suite ``pci_acs`` (drivers/pci/tests: the table 6-11 decision, the egress
-vector size rule, the vector lookup by the target's Link Capabilities port number), case for case,
-against our decoder: the egress tests go through synthesized config-space bytes."""
+"""The KUnit suite ``pci_acs`` of the posted ACS series (table 6-11 decision, egress vector size rule,
+vector lookup by the target's port number), case for case, against acs.py's decoder.
+
+No tree read for a kept profile has this suite (neither 6.1.176 nor 7.2.13 has drivers/pci/tests, and
+their p2pdma.c uses pci_bridge_has_acs_redir()): no profile decides with acs_decision(). These cases stay
+as decoder tests of the ACS capability fields only, for a future ``acs-tlp-v8`` proposal profile."""
 
 from __future__ import annotations
 
