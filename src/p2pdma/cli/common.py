@@ -39,12 +39,24 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kernel",
         type=_kernel_arg,
+        choices=_KernelChoices(KERNEL_CHOICES),
         default=AUTO,
         metavar="{" + ",".join(KERNEL_CHOICES) + ",X.Y}",
         help="kernel rules: auto (the machine's kernel release; default), a profile, or a release X.Y[.Z]"
         " (classic/latest: aliases of the newest mainline profile)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+class _KernelChoices(tuple[str, ...]):
+    """The named ``--kernel`` choices, also containing any release X.Y[.Z] (checked by _kernel_arg)."""
+
+    def __contains__(self, value: object) -> bool:
+        import re
+
+        return tuple.__contains__(self, value) or (
+            isinstance(value, str) and re.fullmatch(r"\d+\.\d+(\.\d+)?", value) is not None
+        )
 
 
 def _kernel_arg(value: str) -> str:
@@ -91,6 +103,9 @@ def resolve_kernel_arg(args: argparse.Namespace, topo: Topology | None, live: bo
         return
     release = os.uname().release if live else getattr(topo, "kernel_release", None)
     profile, source, notes = resolve_kernel(name, release)
+    if name == "auto" and not release:
+        # the default on an input without a release: said in kernel_source, not on every run's stderr
+        source, notes = "no kernel release in this input: newest mainline profile", []
     if live and name == "auto":
         source = f"uname -r {release}"
     args.kernel, args.kernel_source, args.kernel_notes = profile, source, notes
