@@ -1,7 +1,8 @@
 """`certain` on the real machines of ../shared/data/hwloc: their config files stop at 64 bytes, so every
 pair below a common bridge is `certain: false` with exactly its path's ports listed; a pair without
 one is decided by the CPU or the whitelist, so it is certain exactly when the CPU decides or both host
-bridge devices are in the input (else `unknown` names the missing device). Checked on the tarballs, their hwloc XML exports and
+bridge devices are in the input (else `unknown` names the missing device).
+Checked on the tarballs, their hwloc XML exports and
 through `matrix --json`."""
 
 from __future__ import annotations
