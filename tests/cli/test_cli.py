@@ -25,7 +25,7 @@ def test_matrix_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "matrix", "--example", "gpu8-switches", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert doc["schema"] == "p2pdma.matrix/1" and doc["kernel"] == "latest"
+    assert doc["schema"] == "p2pdma.matrix/1" and doc["kernel"] == "7.2"  # auto on an example: the newest mainline profile
     devs = doc["devices"]
     assert devs and all({"bdf", "vendor", "device", "class", "kind"} <= set(d) for d in devs)
     assert all(d["kind"] == "endpoint" for d in devs)
@@ -46,7 +46,7 @@ def test_matrix_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
 def test_matrix_all_adds_bridges(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run(capsys, "matrix", "--example", "gpu8-switches", "--json", "--all", "--kernel", "classic")
     doc = json.loads(out)
-    assert doc["kernel"] == "classic"
+    assert doc["kernel"] == "7.2"  # classic is an alias of the newest mainline profile
     assert any(d["kind"] == "bridge" for d in doc["devices"])
 
 
@@ -77,11 +77,12 @@ def test_explain_json_has_path(capsys: pytest.CaptureFixture[str]) -> None:
     assert "map type: " in out and "why: " in out
 
 
-def test_examples_lists_the_six(capsys: pytest.CaptureFixture[str]) -> None:
+def test_examples_lists_the_nine(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "examples", "--json")
     doc = json.loads(out)
     assert {e["name"] for e in doc["examples"]} == {
-        "gpu8-switches", "acs-redirect", "intel-2socket", "amd-zen", "sriov-nic", "unlisted-hostbridge"}
+        "gpu8-switches", "acs-redirect", "intel-2socket", "amd-zen", "sriov-nic", "unlisted-hostbridge",
+        "grace-hostbridge", "spr-dsa-hostbridge", "zhaoxin-hostbridge"}
     assert [e["name"] for e in doc["examples"] if e["default"]] == ["gpu8-switches"]
 
 
