@@ -388,7 +388,7 @@ def parse_spec(data: Any, *, where: str = "spec", max_functions: int = MAX_FUNCT
         bus_offset = _int(hb.get("bus_offset", 0), f"{hpath}.bus_offset", -(1 << 63), (1 << 63) - 1)
         alloc = _Alloc(
             _int(hb.get("mem_base", 0x100_0000_0000 * (hi + 1)), f"{hpath}.mem_base", 0, U64 - 1),
-            _int(hb.get("mem32_base", 0x8000_0000 + 0x800_0000 * hi), f"{hpath}.mem32_base", 0, 0xFFFF_FFFF),
+            _int(hb.get("mem32_base", 0x8000_0000 + 0x800_0000 * (hi % 16)), f"{hpath}.mem32_base", 0, 0xFFFF_FFFF),
             _int(hb.get("io_base", 0x1000 * (hi + 1)), f"{hpath}.io_base", 0, 0xFFFF_FFFF),
         )
 
