@@ -25,7 +25,8 @@ def test_matrix_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "matrix", "--example", "gpu8-switches", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert doc["schema"] == "p2pdma.matrix/1" and doc["kernel"] == "7.2"  # auto on an example: the newest mainline profile
+    # auto on an example: the newest mainline profile
+    assert doc["schema"] == "p2pdma.matrix/1" and doc["kernel"] == "7.2"
     devs = doc["devices"]
     assert devs and all({"bdf", "vendor", "device", "class", "kind"} <= set(d) for d in devs)
     assert all(d["kind"] == "endpoint" for d in devs)

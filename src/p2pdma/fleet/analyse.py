@@ -17,6 +17,7 @@ import numpy as np
 from p2pdma.p2p import platform
 from p2pdma.p2p.acs import AcsState
 from p2pdma.p2p.decide import MapType, calc_map_type_and_dist
+from p2pdma.p2p.kernels import REQ_SAME_HOST_BRIDGE
 from p2pdma.p2p.matrix import Matrix, compute_matrix
 from p2pdma.pci.topology import Device, Topology
 
@@ -92,7 +93,7 @@ def hb_refusal_codes(topo: Topology, provider_hb: str, client_hb: str) -> list[s
         entry = platform.whitelist_entry(dev)
         if entry is None:
             codes.append(f"hb-not-whitelisted:{ident}")
-        elif entry.flags & platform.REQ_SAME_HOST_BRIDGE and not same:
+        elif entry.flags & REQ_SAME_HOST_BRIDGE and not same:
             codes.append(f"hb-same-host-bridge-only:{ident}")
     return list(dict.fromkeys(codes)) or ["hb-refused"]
 

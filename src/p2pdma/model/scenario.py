@@ -411,4 +411,4 @@ def run_scenario(sc: Scenario, topo: Topology, profile: str) -> RunResult:
 
 __all__ = ["SCHEMA", "Scenario", "Step", "DeviceDecl", "RunResult", "StepResult", "parse_scenario",
            "load_scenario", "load_bundled", "bundled_names", "run_scenario", "pattern_bytes", "human",
-           "size_value"]
+           "size_value", "DEFAULT_SCENARIO", "DEFAULT_MACHINE", "PATHS"]
