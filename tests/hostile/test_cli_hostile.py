@@ -104,8 +104,6 @@ def test_an_empty_root_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     one_line_exit_2(code, err)
 
 
-@pytest.mark.xfail(reason="awaiting CLI wiring: report/capture write through p2pdma.output.write_output "
-                          "(refuse an existing file unless --force)", strict=True)
 def test_report_does_not_replace_an_existing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.html"
     out.write_text("mine")
@@ -115,7 +113,6 @@ def test_report_does_not_replace_an_existing_file(tmp_path: Path, capsys: pytest
     assert "exists" in err
 
 
-@pytest.mark.xfail(reason="awaiting CLI wiring: --force on report/capture", strict=True)
 def test_report_force_replaces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "r.html"
     out.write_text("mine")

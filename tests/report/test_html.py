@@ -154,9 +154,11 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["report", str(out), "--example", "acs-redirect", "--kernel", "classic", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["schema"] == "p2pdma.report/1" and summary["bytes"] == out.stat().st_size
-    assert summary["kernel"] == "classic" and summary["endpoints"] == 7
-    assert embedded(out.read_text())["kernel"] == "classic"
-    assert main(["report", str(out), "--example", "gpu8-switches"]) == 0
+    assert summary["kernel"] == "7.2" and summary["endpoints"] == 7  # classic: alias of the newest profile
+    assert embedded(out.read_text())["kernel"] == "7.2"
+    assert main(["report", str(out), "--example", "gpu8-switches"]) == 2  # exists: refused without --force
+    capsys.readouterr()
+    assert main(["report", str(out), "--example", "gpu8-switches", "--force"]) == 0
     assert capsys.readouterr().out.startswith(f"wrote {out} (")
 
 

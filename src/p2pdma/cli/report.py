@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from p2pdma.cli.common import add_source_args, load_topology, warn
-from p2pdma.errors import InputError
 
 REPORT_SCHEMA = "p2pdma.report/1"
 
@@ -21,6 +20,7 @@ def add_parser(subparsers: Any) -> None:
         "report", help="one self-contained HTML file: PCI tree, P2P heat map, each pair's reason and fix"
     )
     p.add_argument("out", metavar="OUT.html", help="where to write the report ('-' for stdout)")
+    p.add_argument("--force", action="store_true", help="replace OUT.html when it exists")
     add_source_args(p)
     p.set_defaults(handler=cmd_report)
 
@@ -39,11 +39,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stdout.write(page)
         sys.stdout.flush()
         return 0
+    from p2pdma.output import write_output
+
     out = Path(args.out)
-    try:
-        out.write_bytes(data)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot write the report: {exc.strerror or exc}") from None
+    write_output(out, data, force=args.force)
     if args.json:
         doc = {
             "schema": REPORT_SCHEMA,
