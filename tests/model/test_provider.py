@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,6 +121,7 @@ D.dma_unmap_phys(s, FAR, b, 8192)
 assert "p2pdma.model.pages" not in sys.modules or sys.modules["p2pdma.model.pages"] is None
 print("ok")
 '''
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    repo = Path(__file__).resolve().parents[2]  # where `tests` imports from, whatever the cwd is now
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=repo)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
