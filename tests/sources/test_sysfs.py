@@ -65,8 +65,16 @@ def test_pci_domain_wider_than_16_bits(real_roots: dict[str, Path]) -> None:
     assert m.map_type[i, j] == m.verdict(i, j).map_type
 
 
+def _has_pci(root: Path) -> bool:
+    return (root / "sys/bus/pci/devices").is_dir() or any((root / "sys/devices").glob("pci*"))
+
+
 def test_matrix_of_real_trees_equals_per_pair(real_roots: dict[str, Path]) -> None:
     for root in real_roots.values():
+        if not _has_pci(root):  # nvidia-dgx-gb10 gathered no PCI at all: refused with one line
+            with pytest.raises(SourceError, match="cannot list PCI devices"):
+                read_root(root)
+            continue
         t = read_root(root)
         for profile in ("latest", "classic"):
             m = compute_matrix(t, profile, include_bridges=True)

@@ -83,6 +83,16 @@ class Bar:
 
 
 @dataclass(frozen=True, slots=True)
+class P2pmem:
+    """A function's ``p2pmem/`` attributes (size_show(), available_show(), published_show() in
+    drivers/pci/p2pdma.c): bytes registered, bytes free, whether published; None when not read."""
+
+    size: int | None = None
+    available: int | None = None
+    published: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
     """One PCI function as the kernel sees it, with its decoded config and where it hangs.
 
@@ -121,6 +131,8 @@ class Device:
     device_name: str | None = None
     class_name: str | None = None
     os_names: tuple[str, ...] = ()  # the OS's names below the function: net, infiniband, nvme, drm
+    local_cpulist: str | None = None
+    p2pmem: P2pmem | None = None
 
     @property
     def devfn(self) -> int:
@@ -226,6 +238,8 @@ class RawFunction:
     header_type: int | None = None
     port_type: int | None = None
     os_names: tuple[str, ...] = ()
+    local_cpulist: str | None = None
+    p2pmem: P2pmem | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +254,9 @@ class Topology:
     kernel_release: str | None = None
     warnings: tuple[str, ...] = ()
     source: str = ""
+    dmi: tuple[tuple[str, str], ...] = ()  # sys/class/dmi/id fields anyone may read
+    iommu_units: tuple[str, ...] | None = None  # sys/class/iommu entries; None: the source does not say
+    iommu_group_types: tuple[tuple[int, str], ...] = ()  # (group, default domain type)
     # GPU pairs (BDF, BDF), both orders, joined by NVLink/NVSwitch (hwloc, NCCL): not a PCIe path
     nvlinks: frozenset[tuple[str, str]] = frozenset()
     index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
@@ -438,7 +455,11 @@ def build_topology(
         vendor = info.vendor if info else (r.vendor if r.vendor is not None else 0xFFFF)
         device = info.device if info else (r.device if r.device is not None else 0xFFFF)
         class_code = info.class_code if info else (r.class_code or 0)
-        if info and r.vendor is not None and info.vendor != r.vendor:
+        if info and r.physfn and info.vendor == 0xFFFF:
+            # a VF's own config space reads 0xffff IDs by design; the kernel takes them from the PF
+            vendor = r.vendor if r.vendor is not None else vendor
+            device = r.device if r.device is not None else device
+        elif info and r.vendor is not None and info.vendor != r.vendor:
             warn.append(f"{bdf}: config vendor {info.vendor:#06x} differs from sysfs vendor {r.vendor:#06x}")
         pt, inferred = port_type(bdf)
         pcie = info.pcie if info else None
@@ -484,6 +505,8 @@ def build_topology(
                 device_name=dname,
                 class_name=cname,
                 os_names=r.os_names,
+                local_cpulist=r.local_cpulist,
+                p2pmem=r.p2pmem,
             )
         )
 

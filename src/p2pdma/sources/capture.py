@@ -1,33 +1,38 @@
-"""Capture the sysfs/procfs files the P2P verdict reads into one archive, and load such an archive.
+"""Capture the sysfs/procfs files the P2P verdict, the fix and the report read into one archive.
 
-Capturing uses only the standard library and imports nothing of p2pdma, so this file also runs on
-its own on any Linux host with Python 3.7 or newer: ``python3 capture.py OUT.tar.gz [--root /]``.
-It reads exactly what ``sources.sysfs.read_root()`` reads (per PCI function: config, ids, class,
-resource, NUMA node, link speed/width, the iommu_group/driver/physfn links; cpuinfo, the kernel
-release, the ACPI HMAT table when readable), keeps links as links, never follows one out of the
-root, and writes nothing but OUT. A manifest inside (``p2pdma-capture.json``) says what could not
-be read and the kernel's ``config`` file sizes (cfg_size), so the loader can tell an absent ACS
-capability from an unreadable one.
+This file is the stand-alone writer: it imports only the standard library (nothing of p2pdma, no
+numpy, no YAML), and runs on its own on any Linux host with Python 3.7 or newer:
+``python3 capture.py OUT.tar.gz [--root /]`` (tested with CPython 3.7.16).
 
-Loading (``load_capture()``, used by ``--root X.tar.gz``) validates every member before writing
-anything, extracts into a private temporary directory, reads it with ``read_root()`` and removes it.
+It writes what ``sources.sysfs.read_root()`` reads, nothing else: every PCI function directory below
+``sys/devices/pci*`` (config, ids, class, resource, NUMA node, local CPU list, link speed/width, the
+``iommu_group``/``driver``/``physfn`` links, the OS names under ``net/``, ``infiniband/``, ``nvme/``,
+``drm/``, the ``p2pmem/`` attributes), the ``sys/bus/pci/devices`` links, the first processor of
+cpuinfo, the kernel release, ``sys/class/iommu``, the IOMMU groups' ``type`` files, the DMI fields
+anyone may read, and the ACPI HMAT table when readable. Links are kept as links and never followed
+out of the root. The manifest (``p2pdma-capture.json``, schema ``p2pdma.capture/2``) says, fact by
+fact, what was captured and what was not and why (absent, not root, unreadable), plus the kernel's
+``config`` file sizes (cfg_size) so the loader can tell an absent ACS capability from an unreadable
+one. The output is written to a temporary name beside OUT and renamed: on failure nothing is left.
+
+Loading archives lives in ``sources.archive`` (in memory, never extracted); ``load_capture``,
+``is_archive`` and ``machine_name`` are re-exported here lazily for old callers.
 """
 
 from __future__ import annotations
 
-import argparse
+import errno
 import gzip
 import io
 import json
 import os
 import posixpath
-import shutil
+import re
 import stat
 import sys
 import tarfile
 import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -40,15 +45,19 @@ try:
 except ImportError:  # pragma: no cover
     lzma = None  # type: ignore[assignment]
 
-if TYPE_CHECKING:  # the loader's types; nothing of p2pdma is imported at run time for capturing
-    from collections.abc import Callable, Sequence
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-    from p2pdma.pci.topology import Topology
+    from p2pdma.sources.archive import is_archive as is_archive
+    from p2pdma.sources.archive import load_capture as load_capture
+    from p2pdma.sources.archive import machine_name as machine_name
 
-SCHEMA = "p2pdma.capture/1"
+SCHEMA = "p2pdma.capture/2"
+CAPTURE_VERSION = 2
 MANIFEST = "p2pdma-capture.json"
 PCI_DEVICES = "sys/bus/pci/devices"
-# Per function: what read_root() opens (files) and the links whose names it reads (not followed).
+SYS_DEVICES = "sys/devices"
+# Per function: the files read_root() opens and the links whose names it reads (not followed).
 DEVICE_FILES = (
     "config",
     "vendor",
@@ -56,42 +65,55 @@ DEVICE_FILES = (
     "class",
     "resource",
     "numa_node",
+    "local_cpulist",
     "max_link_speed",
     "max_link_width",
     "current_link_speed",
     "current_link_width",
 )
 DEVICE_LINKS = ("iommu_group", "driver", "physfn")
+OS_NAME_DIRS = ("net", "infiniband", "nvme", "drm")
+P2PMEM_FILES = ("size", "available", "published")
 CPUINFO = "proc/cpuinfo"
 OSRELEASE = "proc/sys/kernel/osrelease"
 HMAT = "sys/firmware/acpi/tables/HMAT"
+IOMMU_CLASS = "sys/class/iommu"
+IOMMU_GROUPS = "sys/kernel/iommu_groups"
+DMI_ID = "sys/class/dmi/id"
+DMI_FIELDS = (
+    "sys_vendor", "product_name", "product_version", "product_family", "board_vendor", "board_name",
+    "board_version", "bios_vendor", "bios_version", "bios_date", "chassis_vendor", "chassis_type",
+)
 CONFIG_MAX = 4096  # PCI_CFG_SPACE_EXP_SIZE
 PCI_CFG_SPACE_SIZE_UNPRIV = 64  # what the kernel lets a non-root reader see of config space
 MAX_LINK_HOPS = 40
+MAX_LOOKUP = 4096
+
+BDF = re.compile(r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+HOST_BRIDGE = re.compile(r"^pci[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}$")
+DRM_NAME = re.compile(r"^(card|renderD)[0-9]+$")
+NVME_NS = re.compile(r"^nvme[0-9]+(c[0-9]+)?n[0-9]+$")
 
 # Capture bounds: the archive never grows past these, whatever the host.
 CAPTURE_MAX_FILE = 1 << 20
 CAPTURE_MAX_FUNCTIONS = 16384
+CAPTURE_MAX_GROUPS = 65536
 CAPTURE_MAX_BYTES = 64 << 20
 
-# Loading bounds: a hostile archive is refused before anything is written.
-MAX_MEMBERS = 65536
-MAX_MEMBER_SIZE = 4 << 20
-MAX_TOTAL_SIZE = 64 << 20
-MAX_STREAM = MAX_TOTAL_SIZE + MAX_MEMBERS * 1536  # decompressed bytes, headers included
-MAX_ARCHIVE_SIZE = 256 << 20
-MAX_NAME = 1024
-MAX_DEPTH = 64
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_LOADER_NAMES = ("load_capture", "is_archive", "machine_name")
 
 
-_ARCHIVE_ERRORS: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) + (
-    (lzma.LZMAError,) if lzma is not None else ()
-)
+def __getattr__(name: str) -> Any:
+    """Old callers' names for the loader, which now lives in sources.archive (imported on use)."""
+    if name in _LOADER_NAMES:
+        from p2pdma.sources import archive
+
+        return getattr(archive, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class CaptureError(Exception):
-    """A capture could not be written or an archive is refused; the message is one line."""
+    """A capture could not be written; the message is one line."""
 
 
 class _Escape(Exception):
@@ -99,38 +121,47 @@ class _Escape(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# Capturing (standard library only)
+# Resolving links inside the root (the rules of sources.fs.resolve(), written again here so that
+# this file needs nothing but the standard library; a test checks that both agree)
 # --------------------------------------------------------------------------------------------
 
 
 def _split(rel: str) -> list[str]:
-    return [p for p in rel.split("/") if p not in ("", ".")]
+    return [p for p in rel.split("/") if p and p != "."]
 
 
 def _resolve(rel: str, readlink: Callable[[str], str | None]) -> str:
     """Follow links chroot-style, asking ``readlink(root-relative path)`` for a link's target (None:
-    not a link). An absolute target restarts at the root; ``..`` above the root or a loop raises
-    _Escape. The same rules as sources.sysfs.resolve_in_root(), without its imports."""
-    parts = _split(rel)
+    not a link). An absolute target restarts at the root; ``..`` above the root or more than 40 links
+    raises _Escape. Linear in the path's length."""
+    stack = _split(rel)
+    stack.reverse()
     done: list[str] = []
+    length = 0
     hops = 0
-    while parts:
-        part = parts.pop(0)
+    while stack:
+        part = stack.pop()
         if part == "..":
             if not done:
-                raise _Escape(rel)
-            done.pop()
+                raise _Escape(rel[:200])
+            length -= len(done.pop()) + 1
             continue
-        target = readlink("/".join([*done, part]))
-        if target is not None:
-            hops += 1
-            if hops > MAX_LINK_HOPS:
-                raise _Escape(rel)
-            if target.startswith("/"):
-                done = []
-            parts = _split(target) + parts
-            continue
+        if length + len(part) < MAX_LOOKUP:
+            cand = "/".join(done) + "/" + part if done else part
+            target = readlink(cand)
+            if target is not None:
+                hops += 1
+                if hops > MAX_LINK_HOPS:
+                    raise _Escape(rel[:200])
+                if target.startswith("/"):
+                    done = []
+                    length = 0
+                more = _split(target)
+                more.reverse()
+                stack.extend(more)
+                continue
         done.append(part)
+        length += len(part) + 1
     return "/".join(done)
 
 
@@ -138,34 +169,38 @@ def resolve_chroot(root: str, rel: str) -> str:
     """Resolve ``rel`` inside the directory ``root`` as if ``root`` were ``/``."""
 
     def readlink(path: str) -> str | None:
-        cand = os.path.join(root, path)
         try:
-            if stat.S_ISLNK(os.lstat(cand).st_mode):
-                return os.readlink(cand)
+            return os.readlink(os.path.join(root, path))
         except OSError:
-            pass
-        return None
+            return None
 
     return _resolve(rel, readlink)
 
 
 def _relative_link(link_rel: str, target_rel: str) -> str:
-    """A relative link text leading from the link at ``link_rel`` to ``target_rel`` (both
-    root-relative)."""
+    """A relative link text leading from the link at ``link_rel`` to ``target_rel`` (both root-relative)."""
     return posixpath.relpath(target_rel or ".", posixpath.dirname(link_rel) or ".")
 
 
 def _first_cpu(text: bytes) -> bytes:
     """The first processor's block of /proc/cpuinfo: all parse_cpuinfo() reads."""
-    lines = text.split(b"\n")
     out: list[bytes] = []
-    for line in lines:
+    for line in text.split(b"\n"):
         if not line.strip():
             if out:
                 break
             continue
         out.append(line)
     return b"\n".join(out) + b"\n\n" if out else b""
+
+
+def _why(exc: OSError) -> str:
+    """Why a file could not be read, in the manifest's words."""
+    if exc.errno == errno.ENOENT:
+        return "absent"
+    if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        return "not root"
+    return f"unreadable ({exc.strerror or exc})"
 
 
 class _Capture:
@@ -182,7 +217,7 @@ class _Capture:
         self.truncated: list[dict[str, Any]] = []
         self.skipped_links: list[dict[str, str]] = []
 
-    def _note(self, rel: str, reason: str) -> None:
+    def note(self, rel: str, reason: str) -> None:
         self.unreadable.append({"path": rel, "reason": reason})
 
     def _add_dirs(self, rel: str) -> None:
@@ -195,33 +230,26 @@ class _Capture:
         if self.size > self.max_bytes:
             raise CaptureError(f"capture would exceed {self.max_bytes} bytes; refusing to write more")
 
-    def add_file(self, rel: str, limit: int = CAPTURE_MAX_FILE, *, required: bool = True) -> bytes | None:
-        """Copy the regular file at ``rel`` (links on the way resolved inside the root)."""
-        try:
-            real = resolve_chroot(self.root, rel)
-        except _Escape:
-            self._note(rel, "link leads outside the root, not followed")
-            return None
+    def read(self, rel: str, limit: int = CAPTURE_MAX_FILE) -> bytes:
+        """The regular file at ``rel`` (links resolved inside the root), recorded in the archive;
+        OSError (errno ENOENT, EACCES, ...) or _Escape otherwise. Never blocks on a FIFO."""
+        real = resolve_chroot(self.root, rel)
         path = os.path.join(self.root, real)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            if required:
-                self._note(rel, "missing")
-            return None
-        except OSError as exc:
-            self._note(rel, exc.strerror or str(exc))
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            self._note(rel, "not a regular file, skipped")
-            return None
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-            with os.fdopen(fd, "rb") as f:
-                data = f.read(limit)
-        except OSError as exc:
-            self._note(rel, exc.strerror or str(exc))
-            return None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            chunks = []
+            left = limit
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 16))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            data = b"".join(chunks)
+        finally:
+            os.close(fd)
         if real != rel:
             self._add_link_chain(rel)
         self._add_dirs(posixpath.dirname(real))
@@ -229,27 +257,51 @@ class _Capture:
         self.files[real] = data
         return data
 
+    def add_file(self, rel: str, limit: int = CAPTURE_MAX_FILE, *, required: bool = True) -> bytes | None:
+        """read(), noting in the manifest why a file could not be read (absence only if ``required``)."""
+        try:
+            return self.read(rel, limit)
+        except _Escape:
+            self.note(rel, "link leads outside the root, not followed")
+        except OSError as exc:
+            why = _why(exc)
+            if why != "absent" or required:
+                self.note(rel, why)
+        return None
+
     def _add_link_chain(self, rel: str) -> None:
         """Record the links met while resolving ``rel`` (so the archive resolves the same way)."""
         parts = _split(rel)
+        parts.reverse()
         done: list[str] = []
         hops = 0
         while parts and hops <= MAX_LINK_HOPS:
-            part = parts.pop(0)
+            part = parts.pop()
             if part == "..":
                 if done:
                     done.pop()
                 continue
-            cand = "/".join([*done, part])
-            if os.path.islink(os.path.join(self.root, cand)):
-                hops += 1
-                self.add_link(cand)
+            cand = "/".join(done + [part])
+            try:
                 target = os.readlink(os.path.join(self.root, cand))
-                if target.startswith("/"):
-                    done = []
-                parts = _split(target) + parts
+            except OSError:
+                done.append(part)
                 continue
-            done.append(part)
+            hops += 1
+            self.add_link(cand)
+            if target.startswith("/"):
+                done = []
+            more = _split(target)
+            more.reverse()
+            parts.extend(more)
+
+    def add_dir(self, rel: str) -> None:
+        """Record the directory at ``rel`` (its parents resolved), empty: only its name is read."""
+        real = resolve_chroot(self.root, rel)
+        if real != rel:
+            self._add_link_chain(rel)
+        self._add_dirs(real)
+        self._account(0)
 
     def add_link(self, rel: str, *, required: bool = False) -> str | None:
         """Record the link at ``rel`` as a link, not followed; an absolute target becomes the
@@ -257,13 +309,12 @@ class _Capture:
         path = os.path.join(self.root, rel)
         try:
             target = os.readlink(path)
-        except FileNotFoundError:
-            if required:
-                self._note(rel, "missing")
-            return None
         except OSError as exc:
-            if os.path.lexists(path):
-                self._note(rel, exc.strerror or str(exc))
+            if exc.errno == errno.ENOENT:
+                if required:
+                    self.note(rel, "absent")
+            elif os.path.lexists(path) and exc.errno != errno.EINVAL:
+                self.note(rel, _why(exc))
             return None
         parent = posixpath.dirname(rel)
         try:
@@ -288,34 +339,34 @@ class _Capture:
         return text
 
     def drop_escaping_links(self) -> None:
-        """Drop links that the loader's check (through the archive's own links) would see leave
-        the root: the archive must always load."""
+        """Drop links that the loader's check (through the archive's own links) would see leave the
+        root, and directories recorded where a link now stands: the archive must always load."""
         changed = True
         while changed:
             changed = False
             for name in sorted(self.links):
                 target = self.links[name]
                 try:
-                    _virtual_resolve(self.links, posixpath.join(posixpath.dirname(name), target))
+                    _resolve(posixpath.join(posixpath.dirname(name), target), self.links.get)
                 except _Escape:
                     del self.links[name]
                     self.skipped_links.append({"path": name, "target": target, "reason": "leads outside the root"})
                     changed = True
+        self.dirs -= set(self.links)
 
     def write(self, out: str, manifest: dict[str, Any]) -> int:
-        """Write the members (directories first, then files and links, each sorted) to ``out``."""
+        """Write the members (directories first, then files and links, each sorted) to a temporary
+        file beside ``out`` and rename it to ``out``; nothing is left behind on failure."""
         blob = json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n"
         buf = io.BytesIO()
         mode = _compression_of(out)
-        raw: IO[bytes]
+        raw: IO[bytes] = buf
         if mode == "gz":
             raw = cast(IO[bytes], gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0))
-        elif mode == "bz2":
-            raw = bz2.BZ2File(buf, "wb")
-        elif mode == "xz":
-            raw = lzma.LZMAFile(buf, "wb")
-        else:
-            raw = buf
+        elif mode == "bz2" and bz2 is not None:
+            raw = cast(IO[bytes], bz2.BZ2File(buf, "wb"))
+        elif mode == "xz" and lzma is not None:
+            raw = cast(IO[bytes], lzma.LZMAFile(buf, "wb"))
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
             tf.addfile(_info(MANIFEST, tarfile.REGTYPE, len(blob)), io.BytesIO(blob))
             for d in sorted(self.dirs):
@@ -331,15 +382,25 @@ class _Capture:
         if raw is not buf:
             raw.close()
         data = buf.getvalue()
+        where = os.path.dirname(os.path.abspath(out))
+        tmp: str | None = None
         try:
-            with open(out, "wb") as f:
+            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(out) + ".", suffix=".part", dir=where)
+            with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, out)
+            tmp = None
         except OSError as exc:
-            try:
-                os.unlink(out)
-            except OSError:
-                pass
             raise CaptureError(f"{out}: cannot write ({exc.strerror or exc})") from None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
         return len(data)
 
 
@@ -364,6 +425,169 @@ def _compression_of(name: str) -> str:
     return "gz"
 
 
+def _listdir(root: str, rel: str) -> list[str] | None:
+    try:
+        return sorted(os.listdir(os.path.join(root, resolve_chroot(root, rel))))
+    except (OSError, _Escape):
+        return None
+
+
+def _walk_functions(root: str) -> dict[str, list[str]]:
+    """Every PCI function directory below sys/devices/pci* (real directories named by BDF, links
+    not followed), as read_root() walks them: {root-relative directory: its entries}."""
+    out: dict[str, list[str]] = {}
+    try:
+        top = resolve_chroot(root, SYS_DEVICES)
+    except _Escape:
+        return out
+    for hb in _listdir(root, top) or []:
+        start = top + "/" + hb
+        if not HOST_BRIDGE.match(hb) or not _is_real_dir(root, start):
+            continue
+        stack = [start]
+        while stack:
+            cur = stack.pop()
+            try:
+                entries = sorted(os.listdir(os.path.join(root, cur)))
+            except OSError:
+                entries = []
+            if cur != start and BDF.match(cur.rpartition("/")[2]):
+                out[cur] = entries
+            kids = [cur + "/" + e for e in entries if BDF.match(e) or (cur != start and HOST_BRIDGE.match(e))]
+            stack.extend(k for k in reversed(kids) if _is_real_dir(root, k))
+    return out
+
+
+def _is_real_dir(root: str, rel: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(os.path.join(root, rel)).st_mode)
+    except OSError:
+        return False
+
+
+class _Facts:
+    """Per fact: how many were captured, and why the others were not."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, Any]] = {}
+
+    def count(self, fact: str, status: str) -> None:
+        entry = self.data.setdefault(fact, {"captured": 0, "missing": {}})
+        if status == "captured":
+            entry["captured"] += 1
+        else:
+            entry["missing"][status] = entry["missing"].get(status, 0) + 1
+
+    def result(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for fact, entry in sorted(self.data.items()):
+            missing = entry["missing"]
+            status = "captured" if not missing else "missing" if not entry["captured"] else "partial"
+            out[fact] = {"status": status, "captured": entry["captured"], "missing": dict(sorted(missing.items()))}
+        return out
+
+
+def _read_fact(cap: _Capture, facts: _Facts, fact: str, rel: str, limit: int = CAPTURE_MAX_FILE) -> bytes | None:
+    """Capture one file of a fact, counting it captured or why not."""
+    try:
+        data = cap.read(rel, limit)
+    except _Escape:
+        facts.count(fact, "link leads outside the root")
+        return None
+    except OSError as exc:
+        why = _why(exc)
+        facts.count(fact, why)
+        if why != "absent":
+            cap.note(rel, why)
+        return None
+    facts.count(fact, "captured")
+    return data
+
+
+def _capture_function(cap: _Capture, facts: _Facts, real: str, entries: list[str], entry: str,
+                      config_sizes: dict[str, int]) -> None:
+    root = cap.root
+    cap._add_dirs(real)
+    present = set(entries)
+    for fname in DEVICE_FILES:
+        limit = CONFIG_MAX if fname == "config" else CAPTURE_MAX_FILE
+        if fname == "local_cpulist":
+            _read_fact(cap, facts, "local_cpulist", real + "/" + fname)
+            continue
+        data = cap.add_file(real + "/" + fname, limit, required=fname in ("config", "vendor", "device"))
+        if fname == "config" and data is not None:
+            try:
+                size = os.stat(os.path.join(root, real, fname)).st_size
+            except OSError:
+                continue
+            config_sizes[entry] = size
+            if len(data) < size:
+                why = (
+                    "config space past 64 bytes needs root"
+                    if len(data) == PCI_CFG_SPACE_SIZE_UNPRIV and os.geteuid() != 0
+                    else "short read"
+                )
+                cap.truncated.append({"path": real + "/" + fname, "read": len(data), "size": size, "reason": why})
+    for lname in DEVICE_LINKS:
+        text = cap.add_link(real + "/" + lname)
+        if lname == "driver":
+            facts.count("driver", "captured" if text is not None else "absent (no driver bound)")
+    names = 0
+    for sub in OS_NAME_DIRS:
+        if sub not in present:
+            continue
+        for name in _listdir(root, real + "/" + sub) or []:
+            if sub == "drm" and not DRM_NAME.match(name):
+                continue
+            cap.add_dir(real + "/" + sub + "/" + name)
+            names += 1
+            if sub == "nvme":
+                for ns in _listdir(root, real + "/nvme/" + name) or []:
+                    if NVME_NS.match(ns):
+                        cap.add_dir(real + "/nvme/" + name + "/" + ns)
+    facts.count("os_names", "captured" if names else "absent (no net, infiniband, nvme or drm device)")
+    if "p2pmem" in present:
+        for attr in P2PMEM_FILES:
+            _read_fact(cap, facts, "p2pmem", real + "/p2pmem/" + attr)
+
+
+def _capture_platform(cap: _Capture, facts: _Facts) -> None:
+    """The machine-wide facts: cpuinfo, kernel release, HMAT, IOMMU units and group types, DMI."""
+    root = cap.root
+    cpuinfo = _read_fact(cap, facts, "cpuinfo", CPUINFO)
+    if cpuinfo is not None:
+        cap.files[resolve_chroot(root, CPUINFO)] = _first_cpu(cpuinfo)
+    _read_fact(cap, facts, "kernel_release", OSRELEASE)
+    _read_fact(cap, facts, "hmat", HMAT)
+    units = _listdir(root, IOMMU_CLASS)
+    if units is None:
+        facts.count("iommu_class", "absent")
+    else:
+        cap.add_dir(IOMMU_CLASS)
+        for u in units:
+            if cap.add_link(IOMMU_CLASS + "/" + u) is None:
+                cap.add_dir(IOMMU_CLASS + "/" + u)
+        facts.count("iommu_class", "captured")
+    groups = _listdir(root, IOMMU_GROUPS)
+    if groups is None:
+        facts.count("iommu_group_types", "absent")
+    else:
+        cap.add_dir(IOMMU_GROUPS)
+        numbered = [g for g in groups if g.isdigit()]
+        if len(numbered) > CAPTURE_MAX_GROUPS:
+            n = len(numbered)
+            raise CaptureError(f"{n} IOMMU groups: more than the capture bound {CAPTURE_MAX_GROUPS}")
+        for g in numbered:
+            _read_fact(cap, facts, "iommu_group_types", IOMMU_GROUPS + "/" + g + "/type", 256)
+        if not numbered:
+            facts.count("iommu_group_types", "absent (no groups)")
+    if _listdir(root, DMI_ID) is None:
+        facts.count("dmi", "absent")
+    else:
+        got = [f for f in DMI_FIELDS if _read_fact(cap, _Facts(), "dmi", DMI_ID + "/" + f, 4096) is not None]
+        facts.count("dmi", "captured" if got else "unreadable")
+
+
 def capture(
     out: str,
     root: str = "/",
@@ -373,70 +597,65 @@ def capture(
 ) -> dict[str, Any]:
     """Write the files the verdict reads under ``root`` into the archive ``out``; returns the manifest.
 
-    Raises CaptureError (nothing written) when ``root`` has no PCI devices directory or the
-    capture would exceed its bounds.
+    Raises CaptureError (nothing written) when ``root`` has no PCI devices or the capture would
+    exceed its bounds.
     """
     root = os.path.abspath(root)
     live = root == "/"
     cap = _Capture(root, max_bytes)
-    try:
-        devdir = resolve_chroot(root, PCI_DEVICES)
-        entries = sorted(os.listdir(os.path.join(root, devdir)))
-    except (_Escape, OSError) as exc:
-        raise CaptureError(f"{os.path.join(root, PCI_DEVICES)}: cannot list PCI devices ({exc})") from None
-    if len(entries) > max_functions:
-        raise CaptureError(f"{len(entries)} PCI functions: more than the capture bound {max_functions}")
+    walked = _walk_functions(root)
+    listed = _listdir(root, PCI_DEVICES)
+    if listed is None and not walked:
+        raise CaptureError(f"{os.path.join(root, PCI_DEVICES)}: cannot list PCI devices")
+    if len(walked) > max_functions or len(listed or []) > max_functions:
+        n = max(len(walked), len(listed or []))
+        raise CaptureError(f"{n} PCI functions: more than the capture bound {max_functions}")
     config_sizes: dict[str, int] = {}
-    functions = 0
-    for entry in entries:
-        rel = f"{PCI_DEVICES}/{entry}"
-        if os.path.islink(os.path.join(root, devdir, entry)):
+    facts = _Facts()
+    done: dict[str, str] = {}
+    for real, entries in sorted(walked.items(), key=lambda kv: kv[0].rpartition("/")[2]):
+        bdf = real.rpartition("/")[2]
+        if bdf in done:
+            continue
+        done[bdf] = real
+        _capture_function(cap, facts, real, entries, bdf, config_sizes)
+    if listed is not None:
+        cap.add_dir(PCI_DEVICES)
+    for entry in listed or []:
+        rel = PCI_DEVICES + "/" + entry
+        if os.path.islink(os.path.join(root, resolve_chroot(root, PCI_DEVICES), entry)):
             cap.add_link(rel)
         try:
             real = resolve_chroot(root, rel)
         except _Escape:
             cap.skipped_links.append({"path": rel, "target": "", "reason": "leads outside the root"})
             continue
-        if not os.path.isdir(os.path.join(root, real)):
-            cap._note(rel, "does not lead to a device directory")
+        if done.get(entry) == real:
             continue
-        functions += 1
-        cap._add_dirs(real)
-        for fname in DEVICE_FILES:
-            limit = CONFIG_MAX if fname == "config" else CAPTURE_MAX_FILE
-            data = cap.add_file(f"{real}/{fname}", limit, required=fname in ("config", "vendor", "device"))
-            if fname == "config" and data is not None:
-                try:
-                    size = os.stat(os.path.join(root, real, fname)).st_size
-                except OSError:
-                    continue
-                config_sizes[entry] = size
-                if len(data) < size:
-                    why = (
-                        "config space past 64 bytes needs root"
-                        if len(data) == PCI_CFG_SPACE_SIZE_UNPRIV and os.geteuid() != 0
-                        else "short read"
-                    )
-                    cap.truncated.append({"path": f"{real}/{fname}", "read": len(data), "size": size, "reason": why})
-        for lname in DEVICE_LINKS:
-            cap.add_link(f"{real}/{lname}")
-    cpuinfo = cap.add_file(CPUINFO)
-    if cpuinfo is not None:
-        cap.files[resolve_chroot(root, CPUINFO)] = _first_cpu(cpuinfo)
-    cap.add_file(OSRELEASE)
-    cap.add_file(HMAT, required=False)
+        if not os.path.isdir(os.path.join(root, real)):
+            cap.note(rel, "does not lead to a device directory")
+            continue
+        try:
+            entries = sorted(os.listdir(os.path.join(root, real)))
+        except OSError:
+            entries = []
+        done.setdefault(entry, real)
+        _capture_function(cap, facts, real, entries, entry, config_sizes)
+    _capture_platform(cap, facts)
     cap.drop_escaping_links()
     uname = os.uname()
     manifest: dict[str, Any] = {
         "schema": SCHEMA,
+        "capture_version": CAPTURE_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "hostname": uname.nodename if live else os.path.basename(root.rstrip("/")) or root,
         "source_root": root,
         "live": live,
         "euid": os.geteuid(),
         "python": sys.version.split()[0],
-        "functions": functions,
+        "functions": len(done),
         "config_sizes": config_sizes,
+        "facts": facts.result(),
         "unreadable": cap.unreadable,
         "truncated": cap.truncated,
         "skipped_links": cap.skipped_links,
@@ -452,20 +671,26 @@ def describe(manifest: dict[str, Any], out: str) -> list[str]:
     trunc = manifest["truncated"]
     if trunc:
         lines.append(
-            f"could not read: config space of {len(trunc)} functions past {trunc[0]['read']} bytes"
-            f" ({trunc[0]['reason']}): ACS is unknown for them"
+            "could not read: config space of {} functions past {} bytes ({}): ACS is unknown for them".format(
+                len(trunc), trunc[0]["read"], trunc[0]["reason"])
         )
+    for fact, entry in sorted(manifest.get("facts", {}).items()):
+        if entry["status"] == "missing" and fact not in ("hmat", "p2pmem"):
+            why = ", ".join(sorted(entry["missing"]))
+            lines.append(f"not captured: {fact} ({why})")
     for u in manifest["unreadable"][:8]:
-        lines.append(f"could not read: {u['path']} ({u['reason']})")
+        lines.append("could not read: {} ({})".format(u["path"], u["reason"]))
     if len(manifest["unreadable"]) > 8:
-        lines.append(f"could not read: ... and {len(manifest['unreadable']) - 8} more (see {MANIFEST})")
+        lines.append("could not read: ... and {} more (see {})".format(len(manifest["unreadable"]) - 8, MANIFEST))
     for s in manifest["skipped_links"][:8]:
-        lines.append(f"not followed: {s['path']} ({s['reason']})")
+        lines.append("not followed: {} ({})".format(s["path"], s["reason"]))
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry point: ``python3 capture.py OUT.tar.gz [--root /]``; exit 2 on error."""
+    import argparse
+
     p = argparse.ArgumentParser(prog="capture.py", description="Capture what the P2P verdict reads.")
     p.add_argument("out", metavar="OUT.tar.gz", help="archive to write (.tar.gz, .tar, .tar.bz2, .tar.xz)")
     p.add_argument("--root", "--source-root", dest="root", default="/", help="root to capture (default /)")
@@ -478,336 +703,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in describe(manifest, args.out):
         print(line, file=sys.stderr)
     return 0
-
-
-# --------------------------------------------------------------------------------------------
-# Loading (safe against hostile archives)
-# --------------------------------------------------------------------------------------------
-
-
-def is_archive(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` names a capture archive by its suffix."""
-    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
-
-
-class _Capped(io.RawIOBase):
-    """A read/seek view of a (decompressing) stream that refuses to go past ``limit`` bytes."""
-
-    def __init__(self, inner: IO[bytes], limit: int) -> None:
-        super().__init__()
-        self.inner = inner
-        self.limit = limit
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def _check(self, pos: int) -> None:
-        if pos > self.limit:
-            raise CaptureError(f"archive expands past {self.limit} bytes")
-
-    def read(self, size: int | None = -1) -> bytes:
-        pos = self.inner.tell()
-        if size is None or size < 0 or size > MAX_MEMBER_SIZE + 512:
-            # tarfile reads data in small blocks; one huge read is a hostile pax/long-name header
-            raise CaptureError(f"a header declares more than {MAX_MEMBER_SIZE} bytes")
-        data = self.inner.read(min(size, self.limit + 1 - pos))
-        self._check(pos + len(data))
-        return data
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == os.SEEK_CUR:
-            offset += self.inner.tell()
-            whence = os.SEEK_SET
-        if whence != os.SEEK_SET:
-            raise OSError("only absolute seeks")
-        self._check(offset)
-        return self.inner.seek(offset)
-
-    def tell(self) -> int:
-        return self.inner.tell()
-
-
-def _open_stream(raw: IO[bytes]) -> IO[bytes]:
-    """Pick the decompressor from the magic bytes (gzip, bzip2, xz, or a plain tar)."""
-    head = raw.read(6)
-    raw.seek(0)
-    inner: IO[bytes]
-    if head[:2] == b"\x1f\x8b":
-        inner = cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
-    elif head[:3] == b"BZh" and bz2 is not None:
-        inner = bz2.BZ2File(raw, "rb")
-    elif head == b"\xfd7zXZ\x00" and lzma is not None:
-        inner = lzma.LZMAFile(raw, "rb")
-    else:
-        inner = raw
-    return cast(IO[bytes], _Capped(inner, MAX_STREAM))
-
-
-def _clean_name(raw_name: str) -> str:
-    """The member's normalised relative path; CaptureError for absolute or ``..`` names."""
-    shown = repr(raw_name[:80])
-    if "\x00" in raw_name:
-        raise CaptureError(f"member {shown} has a NUL byte in its name")
-    if raw_name.startswith("/"):
-        raise CaptureError(f"member {shown} is an absolute path")
-    if len(raw_name) > MAX_NAME:
-        raise CaptureError(f"member {shown}... has a name longer than {MAX_NAME} characters")
-    parts = [p for p in raw_name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise CaptureError(f"member {shown} climbs out with '..'")
-    if len(parts) > MAX_DEPTH:
-        raise CaptureError(f"member {shown} is nested deeper than {MAX_DEPTH} levels")
-    return "/".join(parts)
-
-
-def _virtual_resolve(links: dict[str, str], rel: str) -> str:
-    """Resolve ``rel`` through the archive's own links (absolute targets restart at its root)."""
-    return _resolve(rel, links.get)
-
-
-def validate_members(tf: tarfile.TarFile) -> list[tuple[str, tarfile.TarInfo]]:
-    """Read every header and check it before anything is written: names, types, sizes, counts,
-    and that no link leads out of the root (following chains of links inside the archive)."""
-    out: list[tuple[str, tarfile.TarInfo]] = []
-    seen: dict[str, bytes] = {}
-    links: dict[str, str] = {}
-    total = 0
-    count = 0
-    while True:
-        try:
-            m = tf.next()
-        except CaptureError:
-            raise
-        except _ARCHIVE_ERRORS as exc:
-            raise CaptureError(f"not a readable tar archive ({_one_line(exc)})") from None
-        if m is None:
-            break
-        count += 1
-        if count > MAX_MEMBERS:
-            raise CaptureError(f"more than {MAX_MEMBERS} members")
-        name = _clean_name(m.name)
-        shown = repr(m.name[:80])
-        if m.issym():
-            target = m.linkname
-            if not target or "\x00" in target:
-                raise CaptureError(f"link {shown} has an empty or NUL target")
-            if target.startswith("/"):
-                raise CaptureError(f"link {shown} -> {target[:80]!r} leads outside the root (absolute)")
-            links[name] = target
-        elif m.islnk():
-            raise CaptureError(f"member {shown} is a hard link (to {m.linkname[:80]!r}): not allowed in a capture")
-        elif m.isdir():
-            pass
-        elif m.type == tarfile.GNUTYPE_SPARSE or getattr(m, "sparse", None):
-            raise CaptureError(f"member {shown} is a sparse file: not allowed")
-        elif m.isreg():
-            if m.size > MAX_MEMBER_SIZE:
-                raise CaptureError(f"member {shown} declares {m.size} bytes (more than {MAX_MEMBER_SIZE})")
-            total += m.size
-            if total > MAX_TOTAL_SIZE:
-                raise CaptureError(f"members total more than {MAX_TOTAL_SIZE} bytes")
-        elif m.ischr() or m.isblk():
-            raise CaptureError(f"member {shown} is a device file: not allowed")
-        elif m.isfifo():
-            raise CaptureError(f"member {shown} is a FIFO: not allowed")
-        else:
-            raise CaptureError(f"member {shown} has unsupported type {m.type!r}")
-        if not name:
-            if m.isdir():
-                continue
-            raise CaptureError(f"member {shown} names the root itself")
-        if name in seen and not (m.isdir() and seen[name] == tarfile.DIRTYPE):
-            raise CaptureError(f"member {shown} appears twice")
-        seen[name] = tarfile.DIRTYPE if m.isdir() else m.type
-        out.append((name, m))
-    for name, _ in out:
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            prefix = "/".join(parts[:i])
-            kind = seen.get(prefix)
-            if kind is not None and kind != tarfile.DIRTYPE:
-                raise CaptureError(f"member {name[:80]!r} lies below {prefix[:80]!r}, which is not a directory")
-    for name, target in links.items():
-        try:
-            _virtual_resolve(links, posixpath.join(posixpath.dirname(name), target))
-        except _Escape:
-            raise CaptureError(f"link {name[:80]!r} -> {target[:80]!r} leads outside the root") from None
-    return out
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200] if text.splitlines() else type(exc).__name__
-
-
-def _extract(tf: tarfile.TarFile, members: list[tuple[str, tarfile.TarInfo]], dest: str) -> None:
-    """Write validated members under ``dest`` in archive order: files created exclusively and never
-    through a link, modes fixed (0644 files, 0755 directories)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    for name, m in members:
-        path = os.path.join(dest, *name.split("/"))
-        parent = os.path.dirname(path)
-        os.makedirs(parent, mode=0o755, exist_ok=True)
-        if m.isdir():
-            os.makedirs(path, mode=0o755, exist_ok=True)
-        elif m.issym():
-            os.symlink(m.linkname, path)
-        else:
-            src = tf.extractfile(m)
-            if src is None:
-                raise CaptureError(f"member {name[:80]!r} has no data")
-            fd = os.open(path, flags, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                left = m.size
-                while left > 0:
-                    chunk = src.read(min(left, 1 << 16))
-                    if not chunk:
-                        raise CaptureError(f"member {name[:80]!r} is truncated")
-                    f.write(chunk)
-                    left -= len(chunk)
-
-
-def _find_root(dest: str) -> str:
-    """The extracted tree's root: ``dest`` itself, or its single top folder (hwloc-gather-topology
-    tarballs) when that holds ``sys``."""
-    if os.path.isdir(os.path.join(dest, "sys")):
-        return dest
-    tops = [e for e in os.listdir(dest) if e != MANIFEST]
-    if len(tops) == 1:
-        top = os.path.join(dest, tops[0])
-        if os.path.isdir(top) and not os.path.islink(top) and os.path.isdir(os.path.join(top, "sys")):
-            return top
-    raise CaptureError("no sys/ tree in the archive")
-
-
-def _read_manifest(dest: str, root: str) -> dict[str, Any] | None:
-    for base in (dest, root):
-        path = os.path.join(base, MANIFEST)
-        if os.path.isfile(path) and not os.path.islink(path):
-            try:
-                with open(path, "rb") as f:
-                    doc = json.loads(f.read(MAX_MEMBER_SIZE).decode("utf-8"))
-            except (OSError, ValueError) as exc:
-                raise CaptureError(f"manifest {MANIFEST} is not JSON ({_one_line(exc)})") from None
-            if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-                raise CaptureError(f"manifest {MANIFEST} is not a {SCHEMA} document")
-            return doc
-    return None
-
-
-def _manifest_notes(manifest: dict[str, Any]) -> list[str]:
-    """The capture's own account of what it could not read, as topology warnings."""
-    notes: list[str] = []
-    who = f"capture of {manifest.get('hostname', '?')} (uid {manifest.get('euid', '?')})"
-    trunc = manifest.get("truncated") or []
-    if isinstance(trunc, list) and trunc:
-        notes.append(f"{who}: config space of {len(trunc)} functions was cut short when captured (not root)")
-    unread = manifest.get("unreadable") or []
-    if isinstance(unread, list):
-        for u in unread[:8]:
-            if isinstance(u, dict):
-                notes.append(f"{who}: could not read {str(u.get('path'))[:120]} ({str(u.get('reason'))[:80]})")
-        if len(unread) > 8:
-            notes.append(f"{who}: ... and {len(unread) - 8} more unreadable files")
-    return notes
-
-
-def _config_sizes(manifest: dict[str, Any] | None) -> dict[str, int] | None:
-    """cfg_size per function, only from a live capture (a copied tree's file sizes say nothing)."""
-    if not manifest or manifest.get("live") is not True:
-        return None
-    sizes = manifest.get("config_sizes")
-    if not isinstance(sizes, dict):
-        return None
-    return {str(k): v for k, v in sizes.items() if isinstance(v, int) and not isinstance(v, bool)}
-
-
-def machine_name(path: str | os.PathLike[str]) -> str:
-    """A machine's name from its capture's file name (suffix dropped)."""
-    base = os.path.basename(str(path))
-    low = base.lower()
-    for suffix in (*ARCHIVE_SUFFIXES, ".xml"):
-        if low.endswith(suffix):
-            return base[: -len(suffix)] or base
-    return base
-
-
-def load_capture(
-    path: str | os.PathLike[str],
-    *,
-    data: bytes | None = None,
-    name: str | None = None,
-    tmpdir: str | None = None,
-) -> Topology:
-    """Read a capture archive (or any tar of a sysfs/procfs root) into a Topology.
-
-    ``data`` gives the archive's bytes instead of reading ``path`` (a remote worker); ``tmpdir``
-    where the private temporary directory goes (default: tempfile's). Hostile archives are refused
-    with a one-line SourceError before anything is written; the private directory is always removed.
-    """
-    import dataclasses
-
-    from p2pdma.errors import SourceError
-    from p2pdma.sources.sysfs import read_root
-
-    where = str(path)
-    label = name or machine_name(path)
-    dest: str | None = None
-    try:
-        if data is not None:
-            if len(data) > MAX_ARCHIVE_SIZE:
-                raise CaptureError(f"archive is larger than {MAX_ARCHIVE_SIZE} bytes")
-            raw: IO[bytes] = io.BytesIO(data)
-        else:
-            try:
-                st = os.stat(where)
-            except OSError as exc:
-                raise SourceError(f"{where}: {exc.strerror or exc}", exc.errno) from None
-            if not stat.S_ISREG(st.st_mode):
-                raise CaptureError("not a regular file")
-            if st.st_size > MAX_ARCHIVE_SIZE:
-                raise CaptureError(f"archive is larger than {MAX_ARCHIVE_SIZE} bytes")
-            raw = open(where, "rb")
-        try:
-            stream = _open_stream(raw)
-            try:
-                tf = tarfile.open(fileobj=stream, mode="r:")
-            except CaptureError:
-                raise
-            except _ARCHIVE_ERRORS as exc:
-                raise CaptureError(f"not a readable tar archive ({_one_line(exc)})") from None
-            with tf:
-                members = validate_members(tf)
-                dest = tempfile.mkdtemp(prefix="p2pdma-capture-", dir=tmpdir)
-                try:
-                    _extract(tf, members, dest)
-                except _ARCHIVE_ERRORS as exc:
-                    raise CaptureError(f"cannot unpack ({_one_line(exc)})") from None
-        finally:
-            raw.close()
-        root = _find_root(dest)
-        manifest = _read_manifest(dest, root)
-        try:
-            topo = read_root(root, name=label, config_sizes=_config_sizes(manifest))
-        except SourceError as exc:  # name the archive, not the removed temporary directory
-            raise SourceError(f"{where}: {str(exc).replace(root, '')}", exc.errno) from None
-        notes = _manifest_notes(manifest) if manifest else []
-        if os.path.isfile(os.path.join(root, HMAT)):
-            notes.append("capture holds the ACPI HMAT table; its P2P paths are not decoded (no HMAT parser)")
-        return dataclasses.replace(topo, warnings=(*topo.warnings, *notes), source=f"capture:{where}")
-    except CaptureError as exc:
-        raise SourceError(f"{where}: refused: {exc}") from None
-    finally:
-        if dest is not None:
-            shutil.rmtree(dest, ignore_errors=True)
 
 
 if __name__ == "__main__":

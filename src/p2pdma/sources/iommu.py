@@ -5,6 +5,8 @@ IOMMU: ``sys/class/iommu/*`` (an entry per IOMMU unit: a driver is active), each
 translate, ``identity`` passes physical addresses through, ``blocked``, ``unmanaged``), as
 iommu_group_show_type() in drivers/iommu/iommu.c prints it.
 
+Roots are read through ``sources.fs`` (archives in memory, validated like ``--root X.tar.gz``).
+
 Guest: the ``hypervisor`` CPU flag, DMI strings (``sys/class/dmi/id``) and emulated PCI devices
 (QEMU's 1b36:*, virtio 1af4:*, VMware 15ad:*, ...). Links are resolved inside the root only.
 """
@@ -12,12 +14,11 @@ Guest: the ``hypervisor`` CPU flag, DMI strings (``sys/class/dmi/id``) and emula
 from __future__ import annotations
 
 import os
-import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from p2pdma.pci.topology import Device, Topology
-from p2pdma.sources.sysfs import LinkEscape, resolve_in_root
+from p2pdma.sources.fs import FsView, LinkEscape, LiveFs
 
 IOMMU_CLASS = "sys/class/iommu"
 IOMMU_GROUPS = "sys/kernel/iommu_groups"
@@ -86,89 +87,30 @@ class GuestFacts:
 
 
 class _Files:
-    """Small-file access to a root directory or a tar of one, links resolved inside it."""
+    """Small-file access to a root: a directory, an archive of one (read in memory, validated), or a
+    ``sources.fs`` view; links resolved inside it."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.members: dict[str, tarfile.TarInfo] | None = None
-        self.data: dict[str, bytes] = {}
-        self.prefix = ""
-        if root.is_file():
-            self._load_tar(root)
+    def __init__(self, root: Path | str | FsView) -> None:
+        if isinstance(root, FsView):
+            self.fs: FsView = root
+        elif os.path.isfile(root):
+            from p2pdma.sources.archive import open_archive
 
-    def _load_tar(self, path: Path) -> None:
-        wanted = (IOMMU_CLASS, IOMMU_GROUPS, "sys/class/dmi", "sys/devices/virtual/dmi", "proc/cpuinfo")
-        self.members = {}
-        total = 0
-        with tarfile.open(path, "r:*") as tf:
-            for count, m in enumerate(tf):
-                if count > 65536:
-                    break
-                name = m.name.lstrip("./")
-                self.members[name] = m
-                if m.isfile() and m.size <= MAX_SMALL and any(w in name for w in wanted):
-                    total += m.size
-                    f = tf.extractfile(m)
-                    if f is not None and total <= (8 << 20):
-                        self.data[name] = f.read(MAX_SMALL)
-        tops = {n.split("/", 1)[0] for n in self.members}
-        if not any(n.startswith("sys/") for n in self.members) and len(tops) == 1:
-            self.prefix = tops.pop() + "/"
-
-    def _resolve_tar(self, rel: str) -> str | None:
-        assert self.members is not None
-        parts = [p for p in PurePosixPath(rel).parts if p not in ("/", "")]
-        done: list[str] = []
-        hops = 0
-        while parts:
-            part = parts.pop(0)
-            if part == "..":
-                if not done:
-                    return None
-                done.pop()
-                continue
-            cand = self.prefix + "/".join([*done, part])
-            m = self.members.get(cand)
-            if m is not None and m.issym():
-                hops += 1
-                if hops > 40:
-                    return None
-                target = m.linkname
-                if target.startswith("/"):
-                    done = []
-                parts = [p for p in PurePosixPath(target).parts if p != "/"] + parts
-                continue
-            done.append(part)
-        return self.prefix + "/".join(done)
+            self.fs = open_archive(root).fs
+        else:
+            self.fs = LiveFs(os.fspath(root))
 
     def read(self, rel: str) -> str | None:
         """A small text file's content, or None when absent, unreadable or leading out of the root."""
-        if self.members is not None:
-            name = self._resolve_tar(rel)
-            raw = self.data.get(name) if name else None
-            return raw.decode("utf-8", "replace") if raw is not None else None
         try:
-            real = resolve_in_root(self.root, rel)
-            with open(self.root / real, "rb") as f:
-                return f.read(MAX_SMALL).decode("utf-8", "replace")
+            return self.fs.read(rel, MAX_SMALL).decode("utf-8", "replace")
         except (LinkEscape, OSError):
             return None
 
     def listdir(self, rel: str) -> list[str] | None:
         """Entry names of a directory inside the root, or None when it is absent."""
-        if self.members is not None:
-            name = self._resolve_tar(rel)
-            if name is None:
-                return None
-            pre = name.rstrip("/") + "/"
-            found = {n[len(pre):].split("/", 1)[0] for n in self.members if n.startswith(pre)}
-            found.discard("")
-            if not found and name not in self.members:
-                return None
-            return sorted(found)
         try:
-            real = resolve_in_root(self.root, rel)
-            return sorted(os.listdir(self.root / real))
+            return self.fs.listdir(rel)
         except (LinkEscape, OSError):
             return None
 
@@ -185,12 +127,12 @@ def iommu_from_topology(topo: Topology) -> IommuState:
     return IommuState(active=False if topo.source == "sysfs:/" else None, source=topo.source)
 
 
-def read_iommu(root: Path | str, topo: Topology | None = None) -> IommuState:
+def read_iommu(root: Path | str | FsView, topo: Topology | None = None) -> IommuState:
     """The IOMMU state under a sysfs root (directory or tar): units, group default domain types.
 
     Absence of ``sys/class/iommu`` is conclusive only on the live root ``/`` (captures may omit it).
     """
-    files = _Files(Path(root))
+    files = _Files(root)
     units = files.listdir(IOMMU_CLASS)
     group_dirs = files.listdir(IOMMU_GROUPS) or []
     types: dict[int, str] = {}
@@ -203,7 +145,7 @@ def read_iommu(root: Path | str, topo: Topology | None = None) -> IommuState:
     active: bool | None
     if units or group_dirs or linked:
         active = True
-    elif units is not None or str(root) == "/":
+    elif units is not None or files.fs.live:
         active = False  # the class directory is there and empty, or this is the live system
     else:
         active = None  # a capture that did not record sys/class/iommu says nothing
@@ -213,7 +155,8 @@ def read_iommu(root: Path | str, topo: Topology | None = None) -> IommuState:
     kinds = sorted(set(types.values()))
     if kinds:
         notes.append("default domains: " + ", ".join(f"{k} x{list(types.values()).count(k)}" for k in kinds))
-    return IommuState(active=active, units=tuple(units or ()), group_types=types, source=str(root),
+    return IommuState(active=active, units=tuple(units or ()), group_types=types,
+                      source=files.fs.label if isinstance(root, FsView) else str(root),
                       notes=tuple(notes))
 
 
@@ -253,13 +196,13 @@ def _dmi(files: _Files | None) -> dict[str, str]:
     return out
 
 
-def guest_facts(topo: Topology, root: Path | str | None = None) -> GuestFacts:
+def guest_facts(topo: Topology, root: Path | str | FsView | None = None) -> GuestFacts:
     """Whether ``topo`` is a virtual machine: cpuinfo's hypervisor flag, DMI strings (when a root is
     given) and emulated PCI devices."""
     evidence: list[str] = []
     if topo.cpu is not None and topo.cpu.hypervisor:
         evidence.append("cpuinfo has the hypervisor flag")
-    dmi = _dmi(_Files(Path(root)) if root is not None else None)
+    dmi = _dmi(_Files(root) if root is not None else None)
     product = dmi.get("product_name", "")
     metal = product.endswith(".metal")  # EC2 bare-metal instances keep "Amazon EC2" as sys_vendor
     hits = [f"DMI {k}={v!r}" for k, v in dmi.items()

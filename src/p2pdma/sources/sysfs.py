@@ -1,14 +1,17 @@
-"""Read a machine's PCI tree from a sysfs/procfs root (``/`` live, or a captured copy), and write one.
+"""Read a machine's PCI tree from a sysfs/procfs root (``/`` live, a captured copy, or an archive held in
+memory), and write one.
 
-Reading is read-only and resolves every link as if the root were ``/`` (chroot-like), so a link can
-never lead outside the root. Missing or malformed files become one-line warnings naming the file.
+Every read goes through one ``sources.fs`` view, read-only, resolving each link as if the root were
+``/`` (chroot-like), so a link can never lead outside the root. The hierarchy comes from
+``sys/devices/pci*`` (what the kernel has); ``sys/bus/pci/devices`` only confirms it. Missing or
+malformed files become one-line warnings naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import stat
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
@@ -19,114 +22,74 @@ from p2pdma.pci.topology import (
     HOST_BRIDGE_RE,
     Cpu,
     HmatPath,
+    P2pmem,
     RawFunction,
     Topology,
     build_topology,
 )
+from p2pdma.sources.fs import MAX_LINK_HOPS, FsView, LinkEscape, LiveFs, NotRegular, view
 
 PCI_DEVICES = "sys/bus/pci/devices"
-MAX_LINK_HOPS = 40
+SYS_DEVICES = "sys/devices"
+IOMMU_CLASS = "sys/class/iommu"
+IOMMU_GROUPS = "sys/kernel/iommu_groups"
+DMI_ID = "sys/class/dmi/id"
+# DMI strings anyone may read (the serials, UUID and asset tags are root-only and never captured)
+DMI_FIELDS = (
+    "sys_vendor", "product_name", "product_version", "product_family", "board_vendor", "board_name",
+    "board_version", "bios_vendor", "bios_version", "bios_date", "chassis_vendor", "chassis_type",
+)
+# Subdirectories of a PCI function whose entries are the OS's names for it
+OS_NAME_DIRS = ("net", "infiniband", "nvme", "drm")
+_DRM_NAME = re.compile(r"^(card|renderD)[0-9]+$")
+_NVME_NS = re.compile(r"^nvme[0-9]+(c[0-9]+)?n[0-9]+$")
 MAX_FILE = 1 << 20
-
-
-class LinkEscape(Exception):
-    """A link resolved to a place outside the root."""
-
+__all__ = ["LinkEscape", "MAX_LINK_HOPS", "read_root", "resolve_in_root", "write_root"]
 
 _Escape = LinkEscape
 
 
 def resolve_in_root(root: Path, rel: str) -> PurePosixPath:
-    """Resolve ``rel`` inside ``root`` following links chroot-style; returns a root-relative path.
-
-    ``..`` at the top of the root and absolute link targets stay inside the root, except that a
-    relative link climbing above the root is refused (raises _Escape): a capture never leads out.
-    """
-    parts = [p for p in PurePosixPath(rel).parts if p not in ("/", "")]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if not done:
-                raise _Escape(rel)
-            done.pop()
-            continue
-        cand = root.joinpath(*done, part)
-        try:
-            st = os.lstat(cand)
-        except OSError:
-            done.append(part)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > MAX_LINK_HOPS:
-                raise _Escape(rel)
-            target = os.readlink(cand)
-            tparts = [p for p in PurePosixPath(target).parts if p != "/"]
-            if target.startswith("/"):
-                done = []
-            parts = tparts + parts
-            continue
-        done.append(part)
-    return PurePosixPath(*done) if done else PurePosixPath(".")
+    """Resolve ``rel`` inside the directory ``root`` following links chroot-style; returns a
+    root-relative path. Absolute link targets restart at the root; a link climbing above the root
+    or a loop raises LinkEscape."""
+    real = LiveFs(str(root)).resolve(rel)
+    return PurePosixPath(real) if real else PurePosixPath(".")
 
 
 class SysfsReader:
-    """Reads one root; collects warnings instead of raising for per-file trouble."""
+    """Reads one root through its view; collects warnings instead of raising for per-file trouble."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, fs: FsView) -> None:
+        self.fs = fs
         self.warnings: list[str] = []
 
-    def _path(self, rel: PurePosixPath | str) -> Path:
-        return self.root / rel
-
-    def read_text(self, rel: PurePosixPath | str, *, required: bool = False) -> str | None:
+    def read_raw(self, rel: str, limit: int = MAX_FILE, *, required: bool = False) -> bytes | None:
         try:
-            real = resolve_in_root(self.root, str(rel))
-        except _Escape:
+            return self.fs.read(rel, limit)
+        except LinkEscape:
             self.warnings.append(f"{rel}: link leads outside the root, not followed")
-            return None
-        p = self._path(real)
-        try:
-            with open(p, "rb") as f:
-                data = f.read(MAX_FILE)
         except FileNotFoundError:
             if required:
                 self.warnings.append(f"{rel}: missing")
-            return None
-        except OSError as exc:
-            self.warnings.append(f"{rel}: unreadable ({exc.strerror or exc})")
-            return None
-        return data.decode("utf-8", errors="replace")
-
-    def read_bytes(self, rel: PurePosixPath | str) -> bytes | None:
-        try:
-            real = resolve_in_root(self.root, str(rel))
-        except _Escape:
-            self.warnings.append(f"{rel}: link leads outside the root, not followed")
-            return None
-        try:
-            with open(self._path(real), "rb") as f:
-                return f.read(4096)
-        except FileNotFoundError:
-            self.warnings.append(f"{rel}: missing")
+        except NotRegular:
+            self.warnings.append(f"{rel}: not a regular file, not read")
         except OSError as exc:
             self.warnings.append(f"{rel}: unreadable ({exc.strerror or exc})")
         return None
 
-    def link_name(self, rel: PurePosixPath | str) -> str | None:
-        """Basename of a link's target (``driver``, ``iommu_group``, ``physfn``), without following it."""
-        p = self._path(rel)
-        try:
-            return PurePosixPath(os.readlink(p)).name
-        except OSError:
-            return None
+    def read_text(self, rel: str, *, required: bool = False) -> str | None:
+        data = self.read_raw(rel, required=required)
+        return None if data is None else data.decode("utf-8", errors="replace")
 
-    def read_int(self, rel: PurePosixPath | str, base: int = 10) -> int | None:
+    def read_bytes(self, rel: str) -> bytes | None:
+        return self.read_raw(rel, 4096, required=True)
+
+    def link_name(self, rel: str) -> str | None:
+        """Basename of a link's target (``driver``, ``iommu_group``, ``physfn``), without following it."""
+        return self.fs.link_name(rel)
+
+    def read_int(self, rel: str, base: int = 10) -> int | None:
         text = self.read_text(rel)
         if text is None:
             return None
@@ -187,98 +150,226 @@ def parse_cpuinfo(text: str | None) -> Cpu | None:
     )
 
 
-def read_root(
-    root: Path | str = "/", *, name: str | None = None, config_sizes: Mapping[str, int] | None = None
-) -> Topology:
-    """Read the PCI tree under ``root`` (``sys/bus/pci/devices``, ``proc/cpuinfo``) into a Topology.
-
-    Raises SourceError when the root has no PCI devices directory at all; everything smaller is a
-    warning in ``Topology.warnings``. ``config_sizes`` gives the kernel's cfg_size per BDF for a
-    captured root (a capture's manifest); the live root ``/`` reads them from the ``config`` files.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise SourceError(f"{root}: not a directory")
-    r = SysfsReader(root)
-    devdir = root / PCI_DEVICES
+def _listdir(fs: FsView, rel: str) -> list[str] | None:
     try:
-        real_devdir = resolve_in_root(root, PCI_DEVICES)
-        entries = sorted(os.listdir(root / real_devdir))
-    except (_Escape, OSError) as exc:
-        raise SourceError(f"{devdir}: cannot list PCI devices ({exc})") from None
+        return fs.listdir(rel)
+    except (OSError, LinkEscape):
+        return None
 
-    raws: list[RawFunction] = []
-    host_bridges: list[str] = []
-    for entry in entries:
-        if not BDF_RE.match(entry):
-            r.warnings.append(f"{PCI_DEVICES}/{entry}: not a PCI address, skipped")
+
+def walk_functions(fs: FsView) -> dict[str, tuple[str, list[str]]]:
+    """Every PCI function directory below ``sys/devices/pci*`` (real directories named by BDF, links
+    not followed): {root-relative directory: (host bridge, its entries)}, in walk order."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    try:
+        top = fs.resolve_dir(SYS_DEVICES)
+    except LinkEscape:
+        return out
+    for hb in _listdir(fs, top) or []:
+        if not HOST_BRIDGE_RE.match(hb) or fs.kind(f"{top}/{hb}") != "d":
             continue
+        start = f"{top}/{hb}"
+        stack = [(start, hb)]
+        while stack:
+            cur, bridge = stack.pop()
+            entries = _listdir(fs, cur) or []
+            if cur != start and BDF_RE.match(cur.rpartition("/")[2]):
+                out[cur] = (bridge, entries)
+            kids = [(f"{cur}/{e}", e if HOST_BRIDGE_RE.match(e) else bridge)
+                    for e in entries if BDF_RE.match(e) or (cur != start and HOST_BRIDGE_RE.match(e))]
+            stack.extend(k for k in reversed(kids) if fs.kind(k[0]) == "d")
+    return out
+
+
+def _os_names(r: SysfsReader, base: str, entries: list[str]) -> tuple[str, ...]:
+    names: list[str] = []
+    present = set(entries)
+    for sub in OS_NAME_DIRS:
+        if sub not in present:
+            continue
+        for name in _listdir(r.fs, f"{base}/{sub}") or []:
+            if sub == "drm" and not _DRM_NAME.match(name):
+                continue
+            names.append(name)
+            if sub == "nvme":
+                names.extend(n for n in _listdir(r.fs, f"{base}/{sub}/{name}") or [] if _NVME_NS.match(n))
+    return tuple(names)
+
+
+def _p2pmem(r: SysfsReader, base: str) -> P2pmem:
+    def num(name: str) -> int | None:
+        return r.read_int(f"{base}/p2pmem/{name}")
+
+    published = num("published")
+    return P2pmem(size=num("size"), available=num("available"),
+                  published=None if published is None else bool(published))
+
+
+@dataclasses.dataclass(frozen=True)
+class Platform:
+    """Machine-wide facts besides PCI, as read_platform() finds them."""
+
+    dmi: tuple[tuple[str, str], ...]
+    iommu_units: tuple[str, ...] | None
+    iommu_group_types: tuple[tuple[int, str], ...]
+
+
+def read_platform(fs: FsView, r: SysfsReader | None = None) -> Platform:
+    """The machine-wide facts besides PCI: DMI strings, IOMMU units (None when the root does not
+    say) and the IOMMU groups' default domain types."""
+    rr = r or SysfsReader(fs)
+    dmi: list[tuple[str, str]] = []
+    if _listdir(fs, DMI_ID) is not None:
+        for f in DMI_FIELDS:
+            text = rr.read_text(f"{DMI_ID}/{f}")
+            if text is not None and text.strip():
+                dmi.append((f, text.strip()[:200]))
+    units = _listdir(fs, IOMMU_CLASS)
+    types: list[tuple[int, str]] = []
+    for g in _listdir(fs, IOMMU_GROUPS) or []:
+        if g.isdigit() and len(g) < 10:
+            text = rr.read_text(f"{IOMMU_GROUPS}/{g}/type")
+            if text is not None and text.strip():
+                types.append((int(g), text.strip()[:40]))
+    types.sort()
+    return Platform(tuple(dmi), None if units is None else tuple(units), tuple(types))
+
+
+def read_root(
+    root: Path | str | FsView = "/", *, name: str | None = None, config_sizes: Mapping[str, int] | None = None
+) -> Topology:
+    """Read the PCI tree under ``root`` (a directory, or an FsView such as an archive in memory) into a
+    Topology: ``sys/devices/pci*``, ``sys/bus/pci/devices``, ``proc/cpuinfo``, the kernel release,
+    DMI, IOMMU units and group types.
+
+    Raises SourceError when the root has no PCI devices at all; everything smaller is a warning in
+    ``Topology.warnings``. ``config_sizes`` gives the kernel's cfg_size per BDF for a captured root
+    (a capture's manifest); the live root ``/`` reads them from the ``config`` files' sizes.
+    """
+    if isinstance(root, FsView):
+        fs = root
+    else:
+        path = os.fspath(root)
+        if not os.path.isdir(path):
+            raise SourceError(f"{path}: not a directory")
+        fs = view(path)
+    r = SysfsReader(fs)
+    walked = walk_functions(fs)
+    listed = _listdir(fs, PCI_DEVICES)
+    if listed is None and not walked:
+        where = f"{fs.label}/{PCI_DEVICES}" if fs.label not in ("", "/") else f"/{PCI_DEVICES}"
+        raise SourceError(f"{where}: cannot list PCI devices (no such directory)")
+    if listed is None:
+        r.warnings.append(f"{PCI_DEVICES}: missing; functions read from {SYS_DEVICES}/pci*")
+    found: dict[str, tuple[str, str, list[str] | None]] = {}  # bdf -> (dir, host bridge, entries)
+    for d, (hb, entries) in walked.items():
+        bdf = d.rpartition("/")[2]
+        if bdf in found:
+            r.warnings.append(f"{d}: a second directory for {bdf}, skipped")
+            continue
+        found[bdf] = (d, hb, entries)
+    confirmed: set[str] = set()
+    for entry in listed or []:
         rel = f"{PCI_DEVICES}/{entry}"
+        if not BDF_RE.match(entry):
+            r.warnings.append(f"{rel}: not a PCI address, skipped")
+            continue
         try:
-            real = resolve_in_root(root, rel)
-        except _Escape:
+            real = fs.resolve(rel)
+        except LinkEscape:
             r.warnings.append(f"{rel}: link leads outside the root, skipped")
             continue
-        if not (root / real).is_dir():
+        if entry in found and found[entry][0] == real:
+            confirmed.add(entry)
+            continue
+        if fs.kind(real) != "d":
             r.warnings.append(f"{rel}: does not lead to a device directory, skipped")
             continue
-        parts = real.parts
+        parts = real.split("/")
         hb_idx = max((i for i, p in enumerate(parts) if HOST_BRIDGE_RE.match(p)), default=None)
         if hb_idx is None:
             r.warnings.append(f"{rel}: not below a pciDDDD:BB host bridge directory, skipped")
             continue
-        host_bridge = parts[hb_idx]
+        if entry in found:
+            r.warnings.append(f"{rel}: leads to {real}, not to {found[entry][0]}; using the link")
+        found[entry] = (real, parts[hb_idx], None)
+        confirmed.add(entry)
+    if listed is not None:
+        missing = sorted(b for b in found if b not in confirmed)
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            r.warnings.append(
+                f"{', '.join(missing[:3])}{more}: in {SYS_DEVICES} but not in {PCI_DEVICES}; read from"
+                f" {SYS_DEVICES} (the kernel's hierarchy)"
+            )
+
+    raws: list[RawFunction] = []
+    host_bridges: list[str] = []
+    for entry in sorted(found):
+        base, host_bridge, listing = found[entry]
+        entries = listing if listing is not None else _listdir(fs, base) or []
+        parts = base.split("/")
+        hb_idx = max(i for i, p in enumerate(parts) if p == host_bridge)
         host_bridges.append(host_bridge)
         parent = parts[-2] if len(parts) - 2 > hb_idx and BDF_RE.match(parts[-2]) else None
-        base = PurePosixPath(real)
         physfn = None
-        if os.path.islink(root / base / "physfn"):
+        if "physfn" in entries and fs.is_link(f"{base}/physfn"):
             try:
-                pf_real = resolve_in_root(root, str(base / "physfn"))
-                physfn = pf_real.name if BDF_RE.match(pf_real.name) else None
-            except _Escape:
+                pf_name = fs.resolve(f"{base}/physfn").rpartition("/")[2]
+                physfn = pf_name if BDF_RE.match(pf_name) else None
+            except LinkEscape:
                 r.warnings.append(f"{base}/physfn: link leads outside the root, not followed")
-        group = r.link_name(base / "iommu_group")
+        group = r.link_name(f"{base}/iommu_group") if "iommu_group" in entries else None
         cfg_size = None
         if config_sizes is not None:
             cfg_size = config_sizes.get(entry)
-        elif str(root) == "/":
-            try:
-                cfg_size = os.stat(root / base / "config").st_size
-            except OSError:
-                cfg_size = None
+        elif fs.live:
+            cfg_size = fs.file_size(f"{base}/config")
+        cpulist = r.read_text(f"{base}/local_cpulist") if "local_cpulist" in entries else None
         raws.append(
             RawFunction(
                 bdf=entry,
                 host_bridge=host_bridge,
                 parent_bdf=parent,
                 physfn=physfn,
-                config=r.read_bytes(base / "config"),
+                config=r.read_bytes(f"{base}/config"),
                 config_space_size=cfg_size,
-                vendor=r.read_int(base / "vendor", 16),
-                device=r.read_int(base / "device", 16),
-                class_code=r.read_int(base / "class", 16),
-                resource=r.read_text(base / "resource"),
+                vendor=r.read_int(f"{base}/vendor", 16),
+                device=r.read_int(f"{base}/device", 16),
+                class_code=r.read_int(f"{base}/class", 16),
+                resource=r.read_text(f"{base}/resource"),
                 iommu_group=int(group) if group and group.isdigit() else None,
-                numa_node=r.read_int(base / "numa_node"),
-                driver=r.link_name(base / "driver"),
-                max_speed=_speed(r.read_text(base / "max_link_speed")),
-                max_width=_width(r.read_text(base / "max_link_width")),
-                cur_speed=_speed(r.read_text(base / "current_link_speed")),
-                cur_width=_width(r.read_text(base / "current_link_width")),
+                numa_node=r.read_int(f"{base}/numa_node"),
+                driver=r.link_name(f"{base}/driver") if "driver" in entries else None,
+                max_speed=_speed(r.read_text(f"{base}/max_link_speed")),
+                max_width=_width(r.read_text(f"{base}/max_link_width")),
+                cur_speed=_speed(r.read_text(f"{base}/current_link_speed")),
+                cur_width=_width(r.read_text(f"{base}/current_link_width")),
+                os_names=_os_names(r, base, entries),
+                local_cpulist=cpulist.strip() or None if cpulist is not None else None,
+                p2pmem=_p2pmem(r, base) if "p2pmem" in entries else None,
             )
         )
     cpu = parse_cpuinfo(r.read_text("proc/cpuinfo", required=True))
     release = r.read_text("proc/sys/kernel/osrelease")
+    plat = read_platform(fs, r)
+    label = fs.label or "/"
+    ids_root = Path(fs.label) if isinstance(fs, LiveFs) and not fs.live else None
     topo = build_topology(
         raws,
-        name=name or ("live" if str(root) == "/" else root.name),
+        name=name or ("live" if fs.live else os.path.basename(label.rstrip("/")) or label),
         host_bridges=host_bridges,
         cpu=cpu,
-        kernel_release=release.strip() if release else None,
+        kernel_release=release.strip() or None if release else None,
         warnings=r.warnings,
-        source=f"sysfs:{root}",
-        ids=PciIds.find(root if str(root) != "/" else None),
+        source=f"sysfs:{label}",
+        ids=PciIds.find(ids_root),
+    )
+    topo = dataclasses.replace(
+        topo,
+        dmi=plat.dmi,
+        iommu_units=plat.iommu_units,
+        iommu_group_types=plat.iommu_group_types,
     )
     unknown = [d.bdf for d in topo.devices if not d.acs_known]
     if unknown:
@@ -288,6 +379,17 @@ def read_root(
         )
         topo = dataclasses.replace(topo, warnings=(*topo.warnings, note))
     return topo
+
+
+def _os_dir(os_name: str) -> str:
+    """The subdirectory of a function that holds an OS name (by the kernel's naming)."""
+    if os_name.startswith("nvme"):
+        return "nvme"
+    if _DRM_NAME.match(os_name):
+        return "drm"
+    if os_name.startswith(("mlx", "hfi", "qib", "bnxt_re", "irdma", "efa", "rxe", "siw", "ib")):
+        return "infiniband"
+    return "net"
 
 
 def write_root(
@@ -334,6 +436,17 @@ def write_root(
                 (d / f"{fname}_speed").write_text(f"{speed:.1f} GT/s PCIe\n")
             if width is not None:
                 (d / f"{fname}_width").write_text(f"{width}\n")
+        if x.local_cpulist is not None:
+            (d / "local_cpulist").write_text(x.local_cpulist + "\n")
+        for os_name in x.os_names:
+            sub = _os_dir(os_name)
+            (d / sub / os_name).mkdir(parents=True, exist_ok=True)
+        if x.p2pmem is not None:
+            (d / "p2pmem").mkdir(exist_ok=True)
+            for attr, value in (("size", x.p2pmem.size), ("available", x.p2pmem.available),
+                                ("published", None if x.p2pmem.published is None else int(x.p2pmem.published))):
+                if value is not None:
+                    (d / "p2pmem" / attr).write_text(f"{value}\n")
         up = "../" * (len(rel.parts) - 1)
         if x.iommu_group is not None:
             gdir = root / "sys/kernel/iommu_groups" / str(x.iommu_group) / "devices"
