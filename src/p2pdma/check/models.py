@@ -184,42 +184,11 @@ def model_from_data(data: Any, where: str, default_name: str) -> ModelSpec:
 
 
 def _load_yaml(p: Path) -> Any:
-    """The YAML loader: the project's safe loader when present (sources.safeload: depth, alias
-    budget, plain tags, size cap), else yaml.safe_load on a bounded read of a regular file with
-    every anchor refused."""
-    import importlib.util
+    """A model file through the project's bounded YAML loader (sources.safeload: regular files only,
+    size cap, depth and alias budget, plain tags)."""
+    from p2pdma.sources import safeload
 
-    if importlib.util.find_spec("p2pdma.sources.safeload") is not None:
-        from p2pdma.sources import safeload  # type: ignore[attr-defined,unused-ignore]
-
-        return safeload.load_path(p, kind="model")
-    import stat
-
-    import yaml
-
-    try:
-        st = p.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{p}: not a regular file")
-        if st.st_size > 1 << 20:
-            raise InputError(f"{p}: {st.st_size} bytes is more than a model may have (1 MiB)")
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{p}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    if "&" in text or "*" in text:
-        # aliases can expand without bound ("billion laughs"): a model needs none
-        import re
-
-        if re.search(r"(^|[\s\[{,])[&*][A-Za-z0-9_-]", text):
-            raise InputError(f"{p}: YAML anchors and aliases are not allowed in a model")
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    except RecursionError:
-        raise InputError(f"{p}: nested too deeply") from None
+    return safeload.load_path(p, kind="model")
 
 
 def load_model(name_or_file: str) -> ModelSpec:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from importlib import resources
 
-import yaml
-
 from p2pdma.errors import InputError
 from p2pdma.pci.topology import Topology
+from p2pdma.sources import safeload
 from p2pdma.sources.spec import SpecMachine, parse_spec
 
 DEFAULT_EXAMPLE = "gpu8-switches"
@@ -24,7 +23,7 @@ def load_spec(name: str) -> SpecMachine:
     if name not in names():
         raise InputError(f"unknown example {name!r} (choose from: {', '.join(names())})")
     text = resources.files(__package__).joinpath(f"{name}.yaml").read_text()
-    return parse_spec(yaml.safe_load(text), where=f"example {name}")
+    return parse_spec(safeload.loads(text, f"example {name}", kind="spec"), where=f"example {name}")
 
 
 def load(name: str) -> Topology:

@@ -334,60 +334,22 @@ def parse_scenario(data: Any, *, where: str = "scenario", default_name: str = "s
     return Scenario(name.strip(), desc.strip(), machine, kernel, iommu, seed, devices, steps, where)
 
 
-MAX_FILE = 4 << 20  # a scenario file larger than this is refused
 
 
 def load_scenario(path: Path | str) -> Scenario:
-    """Read and parse a scenario file: a regular file only, read with a bound (InputError for an
-    unreadable, special or oversized file, or bad YAML)."""
-    import importlib.util
-    import stat
+    """Read and parse a scenario file through the project's bounded YAML loader (sources.safeload:
+    regular files only, size cap, depth and alias budget); InputError naming the file otherwise."""
+    from p2pdma.sources import safeload
 
     p = Path(path)
-    if importlib.util.find_spec("p2pdma.sources.safeload") is not None:
-        from p2pdma.sources import safeload  # type: ignore[attr-defined,unused-ignore]
-
-        return parse_scenario(safeload.load_path(p, kind="scenario"), where=str(p), default_name=p.stem)
-    try:
-        st = p.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{p}: not a regular file")
-        if st.st_size > MAX_FILE:
-            raise InputError(f"{p}: {st.st_size} bytes is more than a scenario may have ({MAX_FILE >> 20} MiB)")
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_FILE + 1)
-        text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: cannot read: {getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}") \
-            from None
-    return _parse_text(text, str(p), p.stem)
-
-
-_ALIAS = re.compile(r"(^|[\s\[{,:-])[&*][A-Za-z0-9_-]")
+    return parse_scenario(safeload.load_path(p, kind="scenario"), where=str(p), default_name=p.stem)
 
 
 def _parse_text(text: str, where: str, default_name: str) -> Scenario:
-    """YAML to a Scenario: the project's safe loader when there is one (sources.safeload), else
-    yaml.safe_load with anchors and aliases refused (they can expand without bound)."""
-    import importlib.util
+    """YAML text to a Scenario through the project's bounded YAML loader (sources.safeload)."""
+    from p2pdma.sources import safeload
 
-    if importlib.util.find_spec("p2pdma.sources.safeload") is not None:
-        from p2pdma.sources import safeload  # type: ignore[attr-defined,unused-ignore]
-
-        return parse_scenario(safeload.loads(text, where, kind="scenario"), where=where, default_name=default_name)
-    import yaml
-
-    if _ALIAS.search(text):
-        raise InputError(f"{where}: YAML anchors and aliases are not allowed in a scenario")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark is not None else ""
-        raise InputError(f"{where}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
-    except RecursionError:
-        raise InputError(f"{where}: nested too deeply") from None
-    return parse_scenario(data, where=where, default_name=default_name)
+    return parse_scenario(safeload.loads(text, where, kind="scenario"), where=where, default_name=default_name)
 
 
 def bundled_names() -> list[str]:
