@@ -18,9 +18,9 @@ def _struct(p: argparse.ArgumentParser) -> dict[str, Any]:
     for a in p._actions:
         if isinstance(a, argparse._SubParsersAction):
             res["_sub"] = {n: _struct(sp) for n, sp in sorted(a.choices.items())}
-        else:
-            res[",".join(a.option_strings) or a.dest] = [a.dest, repr(a.default), a.choices, repr(a.nargs),
-                                                        type(a).__name__]
+        else:  # each spelling on its own, so that adding an alias (--root beside --source-root) is additive
+            for key in a.option_strings or [a.dest]:
+                res[key] = [a.dest, repr(a.default), a.choices, repr(a.nargs), type(a).__name__]
     return res
 
 
@@ -29,10 +29,11 @@ def _compare(before: dict[str, Any], now: dict[str, Any], where: str) -> list[st
     for key, old in before.items():
         if key.startswith("_sub"):
             continue
-        if key not in now:
-            out.append(f"{where}: option {key} is gone")
+        gone = [k for k in key.split(",") if k not in now]
+        if gone:
+            out.append(f"{where}: option {','.join(gone)} is gone")
             continue
-        dest, _default, choices, nargs, kind = now[key]
+        dest, _default, choices, nargs, kind = now[key.split(",")[0]]
         if dest != old[0] or nargs != old[4] or kind != old[6]:
             out.append(f"{where}: option {key} changed ({old} -> {now[key]})")
         if old[2] != "None":

@@ -1,14 +1,19 @@
 """Command-line level: hostile inputs answer with exit 2 and one line on stderr, under a hang guard.
-Imports only ``p2pdma.cli.main``; cases that wait for CLI wiring are strict xfails for the lead."""
+Drives ``p2pdma.cli.main``; capture's roots are written with the sysfs writer from a spec."""
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from p2pdma.cli import main
+from p2pdma.sources.spec import parse_spec
+from p2pdma.sources.sysfs import write_root
 
 pytestmark = pytest.mark.usefixtures("guard")
 
@@ -128,10 +133,51 @@ def test_report_to_dev_full_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     assert os.path.exists("/dev/full")
 
 
-@pytest.mark.xfail(reason="awaiting CLI wiring: capture - writes the archive to stdout", strict=True)
-def test_capture_dash_writes_no_file_named_dash(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def _sysfs_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    m = parse_spec(yaml.safe_load(GOOD), where="good")
+    write_root(root, m.raws, cpu=m.cpu, kernel_release="7.2.13+deb14-amd64")
+    return root
+
+
+def test_capture_dash_writes_the_archive_to_stdout(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _sysfs_root(tmp_path)
     monkeypatch.chdir(tmp_path)
-    main(["capture", "--root", str(tmp_path), "-"])
+    assert main(["capture", "--root", str(root), "-"]) == 0
     assert not (tmp_path / "-").exists()
-    assert capsys.readouterr().out  # the archive went to stdout
+    out = capsysbinary.readouterr().out
+    with tarfile.open(fileobj=io.BytesIO(out), mode="r:gz") as tf:  # the archive went to stdout, gzip
+        names = tf.getnames()
+    assert "p2pdma-capture.json" in names and "sys/bus/pci/devices/0000:00:01.0" in names
+    # the manifest cannot share stdout with the archive
+    assert main(["capture", "--root", str(root), "-", "--json"]) == 2
+    err = capsysbinary.readouterr().err.decode()
+    assert "--json" in err and err.count("\n") == 1 and not (tmp_path / "-").exists()
+
+
+def test_capture_refuses_to_replace_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _sysfs_root(tmp_path)
+    out = tmp_path / "mine.tar.gz"
+    out.write_text("mine")
+    code, err = run(["capture", "--root", str(root), str(out)], capsys)
+    one_line_exit_2(code, err)
+    assert "--force" in err and out.read_text() == "mine"
+    assert main(["capture", "--root", str(root), "--force", str(out)]) == 0
+    capsys.readouterr()
+    assert tarfile.is_tarfile(out)
+    # something that is not a regular file is never replaced, --force or not
+    link = tmp_path / "link.tar.gz"
+    link.symlink_to(tmp_path / "elsewhere")
+    code, err = run(["capture", "--root", str(root), "--force", str(link)], capsys)
+    one_line_exit_2(code, err)
+    assert link.is_symlink() and not (tmp_path / "elsewhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.tar.gz", "mine.tar.gz", "root"]
+
+
+def test_capture_to_dev_full_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    code, err = run(["capture", "--root", str(_sysfs_root(tmp_path)), "--force", "/dev/full"], capsys)
+    one_line_exit_2(code, err)
+    assert os.path.exists("/dev/full") and "not a regular file" in err

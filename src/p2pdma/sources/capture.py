@@ -354,9 +354,9 @@ class _Capture:
                     changed = True
         self.dirs -= set(self.links)
 
-    def write(self, out: str, manifest: dict[str, Any]) -> int:
-        """Write the members (directories first, then files and links, each sorted) to a temporary
-        file beside ``out`` and rename it to ``out``; nothing is left behind on failure."""
+    def write(self, out: str, manifest: dict[str, Any], stream: IO[bytes] | None = None) -> int:
+        """Write the members (directories first, then files and links, each sorted) to ``stream``, or
+        to a temporary file beside ``out`` renamed to ``out``; nothing is left behind on failure."""
         blob = json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n"
         buf = io.BytesIO()
         mode = _compression_of(out)
@@ -382,6 +382,13 @@ class _Capture:
         if raw is not buf:
             raw.close()
         data = buf.getvalue()
+        if stream is not None:
+            try:
+                stream.write(data)
+                stream.flush()
+            except OSError as exc:
+                raise CaptureError(f"{out}: cannot write ({exc.strerror or exc})") from None
+            return len(data)
         where = os.path.dirname(os.path.abspath(out))
         tmp: str | None = None
         try:
@@ -594,12 +601,18 @@ def capture(
     *,
     max_functions: int = CAPTURE_MAX_FUNCTIONS,
     max_bytes: int = CAPTURE_MAX_BYTES,
+    force: bool = False,
+    stream: IO[bytes] | None = None,
 ) -> dict[str, Any]:
-    """Write the files the verdict reads under ``root`` into the archive ``out``; returns the manifest.
+    """Write the files the verdict reads under ``root`` into the archive ``out`` (or, given ``stream``,
+    a gzip archive onto it); returns the manifest.
 
-    Raises CaptureError (nothing written) when ``root`` has no PCI devices or the capture would
-    exceed its bounds.
+    Raises CaptureError (nothing written) when ``root`` has no PCI devices, the capture would exceed
+    its bounds, or ``out`` exists (a regular file is replaced only with ``force``; anything else,
+    a device node or a directory, never).
     """
+    if stream is None:
+        _check_out(out, force)
     root = os.path.abspath(root)
     live = root == "/"
     cap = _Capture(root, max_bytes)
@@ -661,8 +674,25 @@ def capture(
         "skipped_links": cap.skipped_links,
         "limits": {"max_functions": max_functions, "max_bytes": max_bytes, "max_file": CAPTURE_MAX_FILE},
     }
-    manifest["archive_bytes"] = cap.write(out, manifest)
+    manifest["archive_bytes"] = cap.write(out, manifest, stream)
     return manifest
+
+
+def _check_out(out: str, force: bool) -> None:
+    """Refuse an output path that names something the user has: a file unless ``force``, anything
+    that is not a regular file always (``os.replace`` would remove a device node or a link)."""
+    if not out:
+        raise CaptureError("the output path is empty")
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise CaptureError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CaptureError(f"{out}: exists and is not a regular file; name a new file")
+    if not force:
+        raise CaptureError(f"{out}: exists; use --force to replace it")
 
 
 def describe(manifest: dict[str, Any], out: str) -> list[str]:
@@ -688,15 +718,19 @@ def describe(manifest: dict[str, Any], out: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point: ``python3 capture.py OUT.tar.gz [--root /]``; exit 2 on error."""
+    """Standalone entry point: ``python3 capture.py OUT.tar.gz|- [--root /] [--force]``; exit 2 on error."""
     import argparse
 
     p = argparse.ArgumentParser(prog="capture.py", description="Capture what the P2P verdict reads.")
     p.add_argument("out", metavar="OUT.tar.gz", help="archive to write (.tar.gz, .tar, .tar.bz2, .tar.xz)")
     p.add_argument("--root", "--source-root", dest="root", default="/", help="root to capture (default /)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it is an existing file")
     args = p.parse_args(argv)
     try:
-        manifest = capture(args.out, args.root)
+        if args.out == "-":  # the archive (gzip) to stdout
+            manifest = capture(args.out, args.root, stream=sys.stdout.buffer)
+        else:
+            manifest = capture(args.out, args.root, force=args.force)
     except CaptureError as exc:
         print(f"capture: {exc}", file=sys.stderr)
         return 2
