@@ -1,10 +1,13 @@
-"""The ``p2pdma fleet DIR_OR_GLOB`` command: find the captures, run an engine with a progress bar,
-print the fleet table or the ``p2pdma.fleet/1`` JSON document."""
+"""The ``p2pdma fleet DIR_OR_GLOB`` command: find the captures, run an engine (the process pool by
+default; Dask with the ``p2pdma[dask]`` extra) with a progress bar on a terminal, print the fleet
+table or the ``p2pdma.fleet/1`` JSON document, and with ``--out FILE.jsonl`` one
+``p2pdma.fleet-machine/1`` line per machine."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -13,6 +16,7 @@ from p2pdma.errors import InputError
 
 # The engines, for --help without importing the fleet (a test keeps it equal to fleet.engines.ENGINES).
 ENGINE_NAMES = ("pool", "dask", "serial")
+
 
 class ProgressBar:
     """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
@@ -41,6 +45,15 @@ class ProgressBar:
         self.stream.flush()
 
 
+def _kernel_help() -> str:
+    """--kernel's help from p2p.kernels: the profiles, the aliases and what they stand for."""
+    from p2pdma.p2p.kernels import ALIASES, NEWEST_MAINLINE, PROFILES
+
+    names = ", ".join(PROFILES)
+    return (f"kernel rules of one kernel tree for every machine: {names}; {' and '.join(ALIASES)}"
+            f" are aliases of {NEWEST_MAINLINE}, the newest mainline profile (default)")
+
+
 def add_parser(sub: Any) -> None:
     """Register ``fleet``."""
     from p2pdma.p2p.decide import DEFAULT_PROFILE, KERNEL_PROFILES
@@ -48,39 +61,70 @@ def add_parser(sub: Any) -> None:
     f = sub.add_parser("fleet", help="analyse many captures: per machine, topology groups, outliers, causes")
     f.add_argument("captures", metavar="DIR_OR_GLOB", help="a directory of captures / hwloc XML files, or a glob")
     f.add_argument("--engine", choices=ENGINE_NAMES, default=None,
-                   help="pool (default: local processes), dask (a local cluster, or --scheduler), serial")
+                   help="pool (default: local processes), dask (the p2pdma[dask] extra: a local cluster,"
+                        " or --scheduler), serial")
     f.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: CPU count)")
     f.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (tcp://host:8786); implies dask")
-    f.add_argument("--kernel", choices=KERNEL_PROFILES, default=DEFAULT_PROFILE,
-                   help="kernel rules: latest (per-port ACS decision, HMAT) or classic (6.x)")
+    f.add_argument("--kernel", choices=KERNEL_PROFILES, default=DEFAULT_PROFILE, help=_kernel_help())
     f.add_argument("--json", action="store_true", help="print one p2pdma.fleet/1 JSON document")
+    f.add_argument("--out", metavar="FILE.jsonl",
+                   help="also write one p2pdma.fleet-machine/1 JSON line per machine (sorted by name)")
+    f.add_argument("--force", action="store_true", help="replace FILE.jsonl when it exists")
     f.set_defaults(handler=cmd_fleet)
+
+
+def check_out(path: str, force: bool) -> None:
+    """Refuse ``--out`` before the run rather than after it: ``-``, a directory, a missing folder, an
+    existing file without ``--force`` (write_output() checks again when it writes)."""
+    import errno
+
+    from p2pdma.output import OutputError
+
+    if path in ("", "-"):
+        shown = path or "''"
+        raise OutputError(f"--out {shown}: name a file (the summary goes to stdout)", errno.EINVAL)
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise OutputError(f"{path}: no such directory {folder}", errno.ENOENT)
+    if os.path.isdir(path):
+        raise OutputError(f"{path}: a directory, not written", errno.EISDIR)
+    if os.path.lexists(path) and not force:
+        raise OutputError(f"{path}: exists; not replaced (--force to replace it)", errno.EEXIST)
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     """Run the fleet; exit 0 when the run completes (failed machines are rows, counted in the summary)."""
     from p2pdma.fleet.discover import find_tasks
-    from p2pdma.fleet.engines import run
-    from p2pdma.fleet.report import build_report, render_text, report_json, summary_line
+    from p2pdma.fleet.engines import import_distributed, run
+    from p2pdma.fleet.report import build_report, jsonl_text, render_text, report_json, summary_line
 
     engine = args.engine or ("dask" if args.scheduler else "pool")
     if args.scheduler and engine != "dask":
         raise InputError("--scheduler needs --engine dask")
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")
+    if args.out is not None:
+        check_out(args.out, args.force)
+    if engine == "dask":
+        import_distributed()  # the missing extra in one line, before anything is read
     tasks = find_tasks(args.captures)
     bar = ProgressBar()
     t0 = time.monotonic()
     rows = run(tasks, args.kernel, engine, workers=args.workers, scheduler=args.scheduler, progress=bar)
     elapsed = time.monotonic() - t0
     rep = build_report(rows, args.kernel)
+    if args.out is not None:
+        from p2pdma.output import write_output
+
+        write_output(args.out, jsonl_text(rep), force=args.force)
     if args.json:
         print(json.dumps(report_json(rep), indent=1))
     else:
         print(render_text(rep))
     rate = len(tasks) / elapsed if elapsed > 0 else 0.0
+    wrote = f"; {len(rep.machines)} lines in {args.out}" if args.out is not None else ""
     print(
-        f"p2pdma: fleet: {summary_line(rep)}; {elapsed:.1f} s, {rate:.1f} machines/s on engine {engine}",
+        f"p2pdma: fleet: {summary_line(rep)}; {elapsed:.1f} s, {rate:.1f} machines/s on engine {engine}{wrote}",
         file=sys.stderr,
     )
     return 0

@@ -13,10 +13,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from p2pdma.p2p import platform
-from p2pdma.p2p.acs import AcsState
-from p2pdma.p2p.decide import MapType, calc_map_type_and_dist
+from p2pdma.p2p.acs import has_acs_redir
+from p2pdma.p2p.decide import MapType
 from p2pdma.p2p.kernels import REQ_SAME_HOST_BRIDGE
 from p2pdma.p2p.matrix import Matrix, compute_matrix
 from p2pdma.pci.topology import Device, Topology
@@ -27,7 +28,12 @@ FINGERPRINT_HEX = 16
 
 @dataclass(frozen=True, slots=True)
 class MachineResult:
-    """One fleet row. ``causes`` holds (cause code, ordered pairs it applies to), sorted by code."""
+    """One fleet row. ``causes`` holds (cause code, ordered pairs it applies to), sorted by code.
+
+    ``pairs``, ``uncertain`` and ``causes`` count every ordered pair, the self pairs (provider ==
+    client) included, as ``p2pdma.fleet/1`` always did; ``distinct``, ``distinct_uncertain`` and
+    ``distinct_causes`` count distinct ordered pairs only, as report.documents.pair_counts() does.
+    """
 
     name: str
     source: str
@@ -41,6 +47,9 @@ class MachineResult:
     causes: tuple[tuple[str, int], ...] = ()
     warnings: int = 0
     kernel_release: str | None = None
+    distinct: tuple[int, int, int] = (0, 0, 0)
+    distinct_uncertain: int = 0
+    distinct_causes: tuple[tuple[str, int], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -98,75 +107,110 @@ def hb_refusal_codes(topo: Topology, provider_hb: str, client_hb: str) -> list[s
     return list(dict.fromkeys(codes)) or ["hb-refused"]
 
 
-def _signature(dev: Device) -> tuple[object, ...]:
-    """Everything of a function that calc_map_type_and_dist() looks at, except its identity: two
-    functions with equal signatures get the same verdict categories against any third one."""
-    acs = None if dev.acs is None else (dev.acs.cap, dev.acs.ctrl, dev.acs.egress_vector)
-    return (
-        dev.parent,
-        dev.host_bridge if dev.parent is None else None,
-        acs,
-        dev.acs_known,
-        dev.port_type,
-        dev.port_type_inferred,
-        dev.port_number,
-        dev.is_bridge,
-    )
+def _port_bits(topo: Topology) -> tuple[npt.NDArray[np.int64], list[str]]:
+    """Per function (topology order) a bit for the port kind when has_acs_redir() holds for it
+    (pci_bridge_has_acs_redir() in drivers/pci/p2pdma.c, every kept tree), and the kinds by bit."""
+    kinds: dict[str, int] = {}
+    bits = np.zeros(len(topo.devices), dtype=np.int64)
+    for k, d in enumerate(topo.devices):
+        if has_acs_redir(d):
+            bits[k] = 1 << kinds.setdefault(_port_kind(d), len(kinds))
+    return bits, list(kinds)
 
 
-def cause_counts(topo: Topology, mat: Matrix) -> dict[str, int]:
-    """Cause code -> number of ordered pairs it applies to (pairs that are not BUS_ADDR, and
-    uncertain pairs), for every pair of ``mat``.
+BLOCK_CELLS = 1 << 21  # provider rows x clients x chain depth looked at in one numpy step
 
-    Pairs without a common upstream bridge are classified from the matrix alone (their distance
-    is the sum of both chain lengths); for ACS-decided pairs calc_map_type_and_dist() runs once per
-    class of equivalent pairs (see _signature()).
-    """
+
+def _cause_tally(topo: Topology, mat: Matrix) -> tuple[Counter[str], Counter[str]]:
+    """(every ordered pair, the self pairs alone): cause code -> pairs."""
     n = len(mat.bdfs)
-    out: Counter[str] = Counter()
+    every: Counter[str] = Counter()
+    diag: Counter[str] = Counter()
     if n == 0:
-        return {}
-    devs = [topo[b] for b in mat.bdfs]
-    depth = np.array([len(topo.chain(d.bdf)) for d in devs], dtype=np.int64)
-    mt = mat.map_type
-    no_common = mat.distance == depth[:, None] + depth[None, :]
-    not_bus = mt != MapType.BUS_ADDR.value
-    hb_of = np.array([topo.hb_index[d.host_bridge] for d in devs], dtype=np.int64)
-    same_hb = hb_of[:, None] == hb_of[None, :]
-    out["acs-unknown"] = int((~mat.certain).sum())
-    nc = no_common & not_bus
-    out["no-common:host-bridges"] = int((nc & ~same_hb).sum())
-    out["no-common:root-ports"] = int((nc & same_hb).sum())
-
+        return every, diag
+    idx = [topo.index[b] for b in mat.bdfs]
+    chains = [[topo.index[x.bdf] for x in reversed(topo.chain(b))] for b in mat.bdfs]  # top-down
+    depth = np.array([len(c) for c in chains], dtype=np.int64)
+    levels = int(depth.max())
+    anc = np.empty((n, levels), dtype=np.int64)
+    for i, c in enumerate(chains):
+        anc[i, : len(c)] = c
+        anc[i, len(c):] = -1 - i  # never equal to another row's padding
+    bits, kinds = _port_bits(topo)
+    # below[i, l]: the redirect kinds on i's chain from level l down to i itself (0 past its depth)
+    below = np.zeros((n, levels + 1), dtype=np.int64)
+    valid = np.arange(levels)[None, :] < depth[:, None]
+    port = np.where(valid, bits[np.maximum(anc, 0)], 0)
+    for lv in range(levels - 1, -1, -1):
+        below[:, lv] = below[:, lv + 1] | port[:, lv]
+    hb_of = np.array([topo.hb_index[topo.devices[k].host_bridge] for k in idx], dtype=np.int64)
     nhb = len(topo.host_bridges)
-    ns = mt == MapType.NOT_SUPPORTED.value
-    if ns.any():
-        keys = (hb_of[:, None] * nhb + hb_of[None, :])[ns]
-        for key, count in zip(*np.unique(keys, return_counts=True), strict=True):
-            a, b = divmod(int(key), nhb)
+    hb_keys: Counter[int] = Counter()
+    hb_diag: Counter[int] = Counter()
+    kind_all = np.zeros(len(kinds), dtype=np.int64)
+    bus = MapType.BUS_ADDR.value
+    ns_val = MapType.NOT_SUPPORTED.value
+    cols = np.arange(n)
+    rows_per = max(1, BLOCK_CELLS // max(1, n * levels))
+    for lo in range(0, n, rows_per):
+        hi = min(n, lo + rows_per)
+        # shared prefix length of the top-down chains: 0 = no common upstream bridge, else the
+        # common bridge sits at level L-1 (the first provider-side bridge on the client's chain)
+        same = anc[lo:hi, None, :] == anc[None, :, :]
+        shared = np.cumprod(same, axis=2, dtype=np.int8).sum(axis=2, dtype=np.int64)
+        shared = np.minimum(shared, np.minimum(depth[lo:hi, None], depth[None, :]))  # a self pair's padding
+        mt = mat.map_type[lo:hi]
+        not_bus = mt != bus
+        common = shared > 0
+        nc = ~common & not_bus
+        same_hb = hb_of[lo:hi, None] == hb_of[None, :]
+        every["no-common:host-bridges"] += int((nc & ~same_hb).sum())
+        every["no-common:root-ports"] += int((nc & same_hb).sum())
+        r = np.arange(lo, hi)[:, None]
+        top = np.maximum(shared - 1, 0)
+        # provider side up to and including the common bridge, client side below it
+        mask = np.where(common & not_bus, below[r, top] | below[cols[None, :], shared], 0)
+        for k in range(len(kinds)):
+            kind_all[k] += int(((mask >> k) & 1).sum())
+        ns = mt == ns_val
+        if ns.any():
+            keys = (hb_of[lo:hi, None] * nhb + hb_of[None, :])[ns]
+            for key, count in zip(*np.unique(keys, return_counts=True), strict=True):
+                hb_keys[int(key)] += int(count)
+    for k, kind in enumerate(kinds):
+        every[f"acs-redirect:{kind}"] += int(kind_all[k])
+    every["acs-unknown"] = int((~mat.certain).sum())
+    # the self pairs: the common bridge is the function itself, its own redirect bit alone
+    d_mt = np.diagonal(mat.map_type)
+    d_mask = np.where(d_mt != bus, below[cols, depth - 1], 0)
+    for k, kind in enumerate(kinds):
+        diag[f"acs-redirect:{kind}"] += int(((d_mask >> k) & 1).sum())
+    diag["acs-unknown"] = int((~np.diagonal(mat.certain)).sum())
+    for h in hb_of[d_mt == ns_val].tolist():
+        hb_diag[h * (nhb + 1)] += 1
+    for tally, out in ((hb_keys, every), (hb_diag, diag)):
+        for key, count in tally.items():
+            a, b = divmod(key, nhb)
             for code in hb_refusal_codes(topo, topo.host_bridges[a].name, topo.host_bridges[b].name):
-                out[code] += int(count)
+                out[code] += count
+    return every, diag
 
-    acs_mask = ~no_common & not_bus
-    if acs_mask.any():
-        sig_ids: dict[tuple[object, ...], int] = {}
-        sig = np.array([sig_ids.setdefault(_signature(d), len(sig_ids)) for d in devs], dtype=np.int64)
-        s = len(sig_ids)
-        eye = np.eye(n, dtype=np.int64)
-        keys2 = (sig[:, None] * s + sig[None, :]) * 2 + eye
-        flat = np.flatnonzero(acs_mask)
-        _, first, counts = np.unique(keys2.ravel()[flat], return_index=True, return_counts=True)
-        for idx, count in zip(first, counts, strict=True):
-            i, j = divmod(int(flat[idx]), n)
-            v = calc_map_type_and_dist(topo, devs[i], devs[j], mat.profile)
-            states = {p.bdf: p.state for p in v.ports}
-            codes = set()
-            for bdf in v.acs_ports:
-                word = "acs-redirect" if states.get(bdf) == AcsState.REDIRECT else "acs-blocked"
-                codes.add(f"{word}:{_port_kind(topo[bdf])}")
-            for code in codes:
-                out[code] += int(count)
-    return {k: v for k, v in out.items() if v}
+
+def cause_counts(topo: Topology, mat: Matrix, *, self_pairs: bool = True) -> dict[str, int]:
+    """Cause code -> number of ordered pairs it applies to (pairs that are not BUS_ADDR, and
+    uncertain pairs), for every pair of ``mat``; ``self_pairs=False`` counts distinct pairs only
+    (provider != client, as report.documents.pair_counts() counts).
+
+    Each pair's cause is what calc_map_type_and_dist() (drivers/pci/p2pdma.c, 6.1/7.2) reports for
+    it, computed for all pairs at once: no common upstream bridge when the chains share no bridge
+    (different host bridges, or root ports of one); otherwise the kinds of the ports on both chains
+    up to the common bridge where pci_bridge_has_acs_redir() holds; a NOT_SUPPORTED pair adds why
+    host_bridge_whitelist() refused its host bridges.
+    """
+    every, diag = _cause_tally(topo, mat)
+    if not self_pairs:
+        every.subtract(diag)
+    return {k: v for k, v in every.items() if v}
 
 
 def topology_fingerprint(topo: Topology) -> str:
@@ -199,7 +243,7 @@ def topology_fingerprint(topo: Topology) -> str:
 
 
 def scratch_dir() -> str | None:
-    """Where workers unpack captures: ``$TMPDIR`` when set, else ``/dev/shm`` (tmpfs: unpacking is
+    """Where fleet.synth writes its scratch trees: ``$TMPDIR`` when set, else ``/dev/shm`` (tmpfs: unpacking is
     metadata heavy) when writable, else tempfile's default (None)."""
     shm = "/dev/shm"
     if os.environ.get("TMPDIR"):
@@ -210,8 +254,8 @@ def scratch_dir() -> str | None:
 
 
 def load_machine(name: str, source: str, data: bytes | None = None, tmpdir: str | None = None) -> Topology:
-    """A fleet member's topology: hwloc XML by its suffix, otherwise a capture archive unpacked
-    under ``tmpdir`` (default: scratch_dir())."""
+    """A fleet member's topology: hwloc XML by its suffix, otherwise a capture archive read in
+    memory by sources.archive.load_capture() (``tmpdir`` is accepted and unused: nothing is unpacked)."""
     if source.lower().endswith(".xml"):
         from p2pdma.sources.hwloc import MAX_XML, parse_hwloc, read_hwloc
 
@@ -222,9 +266,9 @@ def load_machine(name: str, source: str, data: bytes | None = None, tmpdir: str 
 
             raise SourceError(f"{source}: larger than {MAX_XML} bytes")
         return parse_hwloc(data, name=name, where=source)
-    from p2pdma.sources.capture import load_capture
+    from p2pdma.sources.archive import load_capture
 
-    return load_capture(source, data=data, name=name, tmpdir=tmpdir or scratch_dir())
+    return load_capture(source, data=data, name=name)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -240,20 +284,33 @@ def _one_line(exc: BaseException) -> str:
 def analyse_topology(name: str, source: str, topo: Topology, profile: str) -> MachineResult:
     """The summary row of a loaded machine."""
     mat = compute_matrix(topo, profile)
-    counts = mat.counts()
-    causes = cause_counts(topo, mat)
+    n = len(mat.bdfs)
+    every, diag = _cause_tally(topo, mat)
+    distinct = every.copy()
+    distinct.subtract(diag)
+    d_mt = np.diagonal(mat.map_type)
+    all_counts = np.bincount(mat.map_type.ravel().astype(np.int64), minlength=max(MapType) + 1)
+    self_counts = np.bincount(d_mt.astype(np.int64), minlength=max(MapType) + 1)
+    values = [MapType[t].value for t in MAP_TYPES]
+    uncertain = int(n * n - np.count_nonzero(mat.certain))
+    self_uncertain = int(n - np.count_nonzero(np.diagonal(mat.certain)))
+    b, t, ns = (int(all_counts[v]) for v in values)
+    db, dt, dns = (int(all_counts[v] - self_counts[v]) for v in values)
     return MachineResult(
         name=name,
         source=source,
         status="ok",
         functions=len(topo.devices),
-        endpoints=len(mat.bdfs),
-        pairs=(counts["BUS_ADDR"], counts["THRU_HOST_BRIDGE"], counts["NOT_SUPPORTED"]),
-        uncertain=int((~mat.certain).sum()),
+        endpoints=n,
+        pairs=(b, t, ns),
+        uncertain=uncertain,
         fingerprint=topology_fingerprint(topo),
-        causes=tuple(sorted(causes.items())),
+        causes=tuple(sorted((k, v) for k, v in every.items() if v)),
         warnings=len(topo.warnings),
         kernel_release=topo.kernel_release,
+        distinct=(db, dt, dns),
+        distinct_uncertain=uncertain - self_uncertain,
+        distinct_causes=tuple(sorted((k, v) for k, v in distinct.items() if v)),
     )
 
 

@@ -7,6 +7,7 @@ pool, Dask) gives the same document.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 from p2pdma.fleet.analyse import MAP_TYPES, MachineResult, cause_text
 
 FLEET_SCHEMA = "p2pdma.fleet/1"
+MACHINE_SCHEMA = "p2pdma.fleet-machine/1"  # one line of ``fleet --out FILE.jsonl``
 TOP_CAUSES_SHOWN = 10
 GROUP_MEMBERS_SHOWN = 6
 
@@ -117,8 +119,23 @@ def build_report(rows: Sequence[MachineResult], profile: str) -> FleetReport:
     return FleetReport(profile, tuple(ordered), tuple(groups), tuple(outliers), tuple(causes))
 
 
+def distinct_counts(r: MachineResult) -> dict[str, int] | None:
+    """The machine's distinct ordered pairs (provider != client) per map type, their total, the
+    uncertain ones and the self pairs apart: the keys and values of report.documents.pair_counts();
+    None for a failed row."""
+    if not r.ok:
+        return None
+    out = dict(zip(MAP_TYPES, r.distinct, strict=True))
+    out["pairs"] = r.endpoints * (r.endpoints - 1)
+    out["uncertain"] = r.distinct_uncertain
+    out["self"] = r.endpoints
+    return out
+
+
 def machine_json(r: MachineResult) -> dict[str, Any]:
-    """One ``machines`` entry of ``p2pdma.fleet/1``."""
+    """One ``machines`` entry of ``p2pdma.fleet/1``: ``pairs``, ``uncertain`` and ``causes`` count
+    every ordered pair, self pairs included (as /1 always did); the additive ``counts`` and
+    ``distinct_causes`` count distinct ordered pairs only."""
     return {
         "name": r.name,
         "source": r.source,
@@ -132,7 +149,35 @@ def machine_json(r: MachineResult) -> dict[str, Any]:
         "causes": dict(r.causes),
         "warnings": r.warnings,
         "kernel_release": r.kernel_release,
+        "counts": distinct_counts(r),
+        "distinct_causes": dict(r.distinct_causes),
     }
+
+
+def machine_line(r: MachineResult, profile: str) -> dict[str, Any]:
+    """One ``p2pdma.fleet-machine/1`` record (a line of ``--out FILE.jsonl``): the machine, its
+    source, the kernel profile, distinct-pair ``counts`` (as pair_counts()) and ``causes`` (distinct
+    pairs), the topology fingerprint, and ``errors`` (the one-line reason of a failed row)."""
+    return {
+        "schema": MACHINE_SCHEMA,
+        "name": r.name,
+        "source": r.source,
+        "kernel": profile,
+        "status": r.status,
+        "functions": r.functions,
+        "endpoints": r.endpoints,
+        "counts": distinct_counts(r),
+        "causes": dict(r.distinct_causes),
+        "fingerprint": r.fingerprint,
+        "kernel_release": r.kernel_release,
+        "warnings": r.warnings,
+        "errors": [r.reason] if r.reason else [],
+    }
+
+
+def jsonl_text(rep: FleetReport) -> str:
+    """Every machine's p2pdma.fleet-machine/1 record, one JSON line each, sorted by machine name."""
+    return "".join(json.dumps(machine_line(r, rep.profile)) + "\n" for r in rep.machines)
 
 
 def report_json(rep: FleetReport) -> dict[str, Any]:
@@ -173,7 +218,8 @@ def summary_line(rep: FleetReport) -> str:
 
 
 def render_text(rep: FleetReport) -> str:
-    """The fleet as tables: per machine, groups, outliers, top causes, and a summary line."""
+    """The fleet as tables: per machine (distinct ordered pairs, as every command counts them),
+    groups, outliers, top causes, and a summary line."""
     width = max([7, *(len(r.name) for r in rep.machines)])
     lines = [
         f"{'machine':<{width}}  {'status':<6} {'funcs':>5} {'endp':>5} {'BUS_ADDR':>9} {'THRU_HB':>9}"
@@ -181,10 +227,10 @@ def render_text(rep: FleetReport) -> str:
     ]
     for r in rep.machines:
         if r.ok:
-            b, t, n = r.pairs
+            b, t, n = r.distinct
             lines.append(
                 f"{r.name:<{width}}  {'ok':<6} {r.functions:>5} {r.endpoints:>5} {b:>9} {t:>9} {n:>9}"
-                f" {r.uncertain:>9}  {r.fingerprint}"
+                f" {r.distinct_uncertain:>9}  {r.fingerprint}"
             )
         else:
             lines.append(f"{r.name:<{width}}  failed: {r.reason}")
