@@ -262,3 +262,20 @@ def test_hostile_scenario_files_are_one_line(capsys: pytest.CaptureFixture[str],
     deep = "steps: " + "[" * 5000 + "]" * 5000 + "\n"
     code, out, err = run(capsys, write(tmp_path, deep))
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_scenario_machine_takes_every_form_open_machine_takes(capsys: pytest.CaptureFixture[str],
+                                                              tmp_path: Path) -> None:
+    from p2pdma.sources import MACHINE_KINDS
+    from p2pdma.sources.spec import parse_spec
+    from p2pdma.sources.sysfs import write_root
+
+    m = parse_spec(model_spec(name="small"))
+    write_root(tmp_path / "tree", m.raws, cpu=m.cpu, kernel_release="7.2.13+deb14-amd64")
+    sc = scenario(devices={"gpu": {"bdf": "0000:03:00.0", "bind": "vfio"}, "nic": {"bdf": "0000:04:00.0"}},
+                  machine={"root": "tree"})  # a sysfs tree beside the scenario, read by the same door as --root
+    code, d = doc(capsys, write(tmp_path, sc))
+    assert code == 0 and d["machine"] == "tree" and d["bytes_by_path"]["BUS_ADDR"] == 65536
+    sc["machine"] = {"pcap": "x"}
+    code, out, err = run(capsys, write(tmp_path, sc))
+    assert code == 2 and out == "" and all(k in err for k in MACHINE_KINDS) and err.count("\n") == 1

@@ -5,7 +5,7 @@ The YAML format (``p2pdma.scenario/1``)::
 
     name: seed-story                  # optional (default: the file's name)
     description: what it shows        # optional
-    machine: gpu8-switches            # optional: a bundled example, or {example: N} / {spec: FILE} / {root: DIR}
+    machine: gpu8-switches            # optional: a bundled example, or {example|spec|root|hwloc|lspci|nccl_xml: VALUE}
     kernel: latest                    # optional: latest | classic
     iommu: dma                        # optional: dma (translating, default) | identity | off
     seed: 0                           # optional
@@ -289,9 +289,11 @@ def parse_scenario(data: Any, *, where: str = "scenario", default_name: str = "s
         raise InputError(f"{where}: description must be text")
     machine = data.get("machine")
     if machine is not None and not isinstance(machine, str):
-        if not (isinstance(machine, dict) and len(machine) == 1 and next(iter(machine)) in ("example", "spec", "root")
+        from p2pdma.sources import MACHINE_KINDS  # the forms open_machine() takes
+
+        if not (isinstance(machine, dict) and len(machine) == 1 and next(iter(machine)) in MACHINE_KINDS
                 and isinstance(next(iter(machine.values())), str)):
-            raise InputError(f"{where}: machine is an example name or one of {{example|spec|root: VALUE}}")
+            raise InputError(f"{where}: machine is an example name or one of {{{'|'.join(MACHINE_KINDS)}: VALUE}}")
     kernel = data.get("kernel")
     if kernel is not None and kernel not in KERNEL_PROFILES:
         raise InputError(f"{where}: kernel must be one of {', '.join(KERNEL_PROFILES)}")
