@@ -22,7 +22,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_matrix_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "matrix", "--example", "gpu8-switches", "--json")
+    code, out, _ = run(capsys, "matrix", "--example", "gpu8-switches", "--json", "--schema", "1")
     assert code == 0
     doc = json.loads(out)
     # auto on an example: the newest mainline profile
@@ -121,7 +121,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_live_matrix_runs(capsys: pytest.CaptureFixture[str]) -> None:
     if not Path("/sys/bus/pci/devices").is_dir():
         pytest.skip("no /sys/bus/pci here")
-    code, out, _ = run(capsys, "matrix", "--json")
+    code, out, _ = run(capsys, "matrix", "--json", "--schema", "1")
     assert code == 0 and json.loads(out)["schema"] == "p2pdma.matrix/1"
 
 

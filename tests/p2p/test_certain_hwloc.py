@@ -84,7 +84,7 @@ def test_vm_tarball_has_no_uncertain_distinct_pair(real_roots: dict[str, Path]) 
 
 def test_matrix_json_through_the_cli(real_roots: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     # the unpacked tarball (unpacking it again through --root X.tar.bz2 is slow on some file systems)
-    assert main(["matrix", "--root", str(real_roots["40intel64-2g2n4c+pcilocality"]), "--json"]) == 0
+    assert main(["matrix", "--root", str(real_roots["40intel64-2g2n4c+pcilocality"]), "--json", "--schema", "1"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["schema"] == "p2pdma.matrix/1"
     assert all(isinstance(p["certain"], bool) for p in doc["pairs"])

@@ -219,9 +219,9 @@ def test_cli_capture_and_root_archive(tmp_path: Path, capsys: pytest.CaptureFixt
     out = tmp_path / "cli.tgz"
     assert main(["capture", str(out), "--source-root", str(root)]) == 0
     assert "captured" in capsys.readouterr().err
-    assert main(["matrix", "--root", str(out), "--json"]) == 0
+    assert main(["matrix", "--root", str(out), "--json", "--schema", "1"]) == 0
     from_archive = json.loads(capsys.readouterr().out)
-    assert main(["matrix", "--root", str(root), "--json"]) == 0
+    assert main(["matrix", "--root", str(root), "--json", "--schema", "1"]) == 0
     from_dir = json.loads(capsys.readouterr().out)
     _same_verdicts(from_archive, from_dir)
     assert from_archive["machine"] == "cli"

@@ -135,7 +135,7 @@ def test_hostile_or_malformed_xml_is_refused_with_one_line(case: str) -> None:
 def test_cli_hwloc_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "m.xml"
     f.write_text(_doc())
-    assert main(["matrix", "--hwloc", str(f), "--json"]) == 0
+    assert main(["matrix", "--hwloc", str(f), "--json", "--schema", "1"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["machine"] == "m" and all(not d["acs_known"] for d in doc["devices"])
     below = [p for p in doc["pairs"] if {p["provider"], p["client"]} == {"0000:03:00.0", "0000:04:00.0"}]

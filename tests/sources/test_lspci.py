@@ -98,7 +98,7 @@ def test_dump_variants_and_errors(tmp_path: Path) -> None:
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "m.txt"
     f.write_text(dump(examples.load_spec("acs-redirect").raws))
-    assert main(["matrix", "--lspci", str(f), "--json"]) == 0
+    assert main(["matrix", "--lspci", str(f), "--json", "--schema", "1"]) == 0
     doc = json.loads(capsys.readouterr().out)
     pair = next(p for p in doc["pairs"] if (p["provider"], p["client"]) == ("0000:03:00.0", "0000:04:00.0"))
     assert pair["map_type"] == "THRU_HOST_BRIDGE" and pair["certain"] is True

@@ -29,7 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="p2pdma", description="Which PCI functions can do peer-to-peer DMA, as the kernel decides.")
     p.add_argument("--version", action="version", version=f"p2pdma {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
     for mod in COMMAND_MODULES:
         mod.add_parser(sub)
     return p
@@ -37,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: any P2pdmaError becomes one line on stderr and exit 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:  # no command: the usage and the commands
+        sys.stdout.write(parser.format_help())
+        return 0
     try:
         code: int = args.handler(args)
         return code

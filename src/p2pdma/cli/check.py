@@ -13,7 +13,7 @@ from p2pdma.errors import InputError
 if TYPE_CHECKING:
     from p2pdma.check.explore import Result
 
-
+CHECK_LIST_SCHEMA = "p2pdma.check-list/1"
 
 def add_parser(sub: Any) -> None:
     """Register ``check``."""
@@ -25,7 +25,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-depth", type=int, default=200, metavar="N", help="explore at most N steps deep")
     p.add_argument("--no-symmetry", action="store_true", help="turn off symmetry reduction of importers")
     p.add_argument("--list", action="store_true", help="list the bundled models and the invariants")
-    p.add_argument("--json", action="store_true", help="print one p2pdma.check/1 JSON document")
+    p.add_argument("--json", action="store_true",
+                   help="print one p2pdma.check/1 JSON document (with --list: p2pdma.check-list/1)")
     p.set_defaults(handler=run)
 
 
@@ -66,6 +67,15 @@ def run(args: argparse.Namespace) -> int:
     if args.list or not args.model:
         if not args.model and not args.list:
             raise InputError("name a model (see `p2pdma check --list`)")
+        if args.json:
+            from p2pdma.report.documents import list_document
+
+            doc = list_document(CHECK_LIST_SCHEMA, "models", [
+                {"name": name, "expect": spec.expect, "description": spec.description}
+                for name, spec in BUNDLED.items()])
+            doc["invariants"] = [{"name": inv.name, "statement": inv.statement} for inv in INVARIANTS]
+            print(json.dumps(doc, indent=1))
+            return 0
         for name, spec in BUNDLED.items():
             print(f"{name:<30} expect {spec.expect:<9} {spec.description}")
         print()
@@ -85,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     if progress is not None:
         print(file=sys.stderr)
     if args.json:
-        print(json.dumps(r.to_json(), indent=1))
+        from p2pdma.report.documents import stamp
+
+        print(json.dumps(stamp(r.to_json()), indent=1))
     else:
         print(render(r))
     return 0 if r.verdict == "holds" else 1

@@ -1,14 +1,19 @@
-"""Options and helpers every command shares: the machine options, loading, warnings, device JSON."""
+"""Options and helpers every command shares: the machine options, loading, warnings, device JSON, the
+view options (``--all-functions``, ``--class``, ``--devices``), device names, and the terminal (colour,
+width)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
-from typing import TYPE_CHECKING, Any
-
-from p2pdma.errors import InputError
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    from p2pdma.pci.names import Selection
     from p2pdma.pci.topology import Device, Topology
 
 MAX_WARNINGS = 8
@@ -115,8 +120,9 @@ def resolve_kernel_arg(args: argparse.Namespace, topo: Topology | None, live: bo
 
 def warn(topo: Topology) -> None:
     """The machine's warnings on stderr, at most MAX_WARNINGS lines and a count of the rest."""
+    term = terminal(sys.stderr)
     for w in topo.warnings[:MAX_WARNINGS]:
-        print(f"p2pdma: warning: {w}", file=sys.stderr)
+        print(term.wrap(f"p2pdma: warning: {w}"), file=sys.stderr)
     if len(topo.warnings) > MAX_WARNINGS:
         print(f"p2pdma: warning: ... and {len(topo.warnings) - MAX_WARNINGS} more", file=sys.stderr)
 
@@ -142,11 +148,182 @@ def device_json(d: Device) -> dict[str, Any]:
 
 
 def resolve(topo: Topology, name: str) -> Device:
-    """The device a user named; InputError naming the machine when there is none."""
+    """The device a user named (alias, ``dN``, short or full BDF, OS name: names.lookup()); InputError
+    naming the machine, with "did you mean", when there is none."""
+    from p2pdma.pci.names import lookup
+
+    return lookup(topo, name)
+
+
+def add_view_args(p: argparse.ArgumentParser, devices: bool = True) -> None:
+    """``--all-functions``, ``--class`` and (unless the command takes devices itself) ``--devices``."""
+    g = p.add_argument_group("which functions (default: the devices people peer: GPUs, NICs, NVMe, accelerators)")
+    g.add_argument("--all-functions", action="store_true",
+                   help="every function, with bridges' memory maps, chipset and uncore functions")
+    g.add_argument("--class", dest="classes", metavar="CLASS[,CLASS]",
+                   help="only these classes: gpu, nic, nvme, accel")
+    if devices:
+        g.add_argument("--devices", metavar="NAME[,NAME]",
+                       help="only these functions (alias GPU0, dN, BDF 3:0.0 or 0000:03:00.0, OS name mlx5_0)")
+
+
+def select(args: argparse.Namespace, topo: Topology, include_bridges: bool = False) -> Selection:
+    """The functions the view options pick (names.select_devices())."""
+    from p2pdma.pci.names import select_devices
+
+    return select_devices(
+        topo,
+        all_functions=bool(getattr(args, "all_functions", False)) or include_bridges,
+        include_bridges=include_bridges,
+        classes=getattr(args, "classes", None),
+        devices=picked if isinstance(picked := getattr(args, "devices", None), str) else None,
+    )
+
+
+# --- the terminal --------------------------------------------------------------------------------------
+PIPED_WIDTH = 120  # the table width when stdout is not a terminal and COLUMNS is not set
+ANSI = {"B": "32", "H": "33", "-": "31", "X": "2", "?": "35", "bold": "1", "dim": "2", "warn": "33"}
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """How to print: ``colour`` (a TTY without NO_COLOR), ``width`` to wrap at (None: piped, no wrap) and
+    ``table_width`` (where a wide table is split into column blocks)."""
+
+    colour: bool = False
+    width: int | None = None
+    table_width: int = PIPED_WIDTH
+
+    def paint(self, text: str, style: str) -> str:
+        """``text`` in the ANSI colour of ``style`` (a map type letter or bold/dim/warn) on a colour TTY."""
+        code = ANSI.get(style)
+        return f"\x1b[{code}m{text}\x1b[0m" if self.colour and code and text else text
+
+    def wrap(self, text: str) -> str:
+        """Every line of ``text`` wrapped at ``width`` (hanging indent; never inside a token); unchanged
+        when piped."""
+        if self.width is None:
+            return text
+        return "\n".join(x for line in text.split("\n") for x in wrap_line(line, self.width))
+
+
+def terminal(stream: TextIO | None = None) -> Term:
+    """The Term for ``stream`` (stdout): colour on a TTY unless NO_COLOR is set (https://no-color.org) or
+    TERM=dumb; width from COLUMNS, else the TTY's size; piped output is plain and unwrapped."""
+    out = sys.stdout if stream is None else stream
     try:
-        return topo.resolve(name)
-    except KeyError:
-        raise InputError(f"unknown device {name!r} in machine {topo.name}") from None
+        tty = out.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    cols_env = os.environ.get("COLUMNS", "")
+    cols = int(cols_env) if cols_env.isdigit() and int(cols_env) >= 20 else None
+    if not tty:
+        return Term(False, None, cols or PIPED_WIDTH)
+    if cols is None:
+        import shutil
+
+        cols = max(20, shutil.get_terminal_size((PIPED_WIDTH, 24)).columns)
+    colour = not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    return Term(colour, cols, cols)
+
+
+def visible_len(text: str) -> int:
+    """The width of ``text`` on a terminal (ANSI colour codes take none)."""
+    return len(_ANSI_RE.sub("", text))
+
+
+def wrap_line(line: str, width: int) -> list[str]:
+    """``line`` cut at spaces into pieces of at most ``width`` columns, continuation lines indented four
+    more than the line's own indent; a token longer than the width stays whole on its own line."""
+    if visible_len(line) <= width:
+        return [line]
+    indent = len(line) - len(line.lstrip(" "))
+    cont = " " * min(indent + 4, max(0, width // 2))
+    out: list[str] = []
+    cur = line[:indent]
+    start = True
+    for word in re.split(r"(?<=\S)(?=\s)|(?<=\s)(?=\S)", line[indent:]):
+        if word.isspace():
+            if not start:
+                cur += word
+            continue
+        if not start and visible_len(cur.rstrip() + " " + word) > width:
+            out.append(cur.rstrip())
+            cur = cont
+            start = True
+        cur += word
+        start = False
+    out.append(cur.rstrip())
+    return out
+
+
+# --- devices as the text views show them ----------------------------------------------------------------
+def cpus_text(d: Device) -> str:
+    """The local CPU list, ``-`` when unknown."""
+    return d.local_cpulist or "-"
+
+
+def numa_text(d: Device) -> str:
+    """The NUMA node, ``-`` when unknown or -1 (no affinity)."""
+    return "-" if d.numa_node is None or d.numa_node < 0 else str(d.numa_node)
+
+
+def describe(d: Device) -> str:
+    """A function's description after its names: port type (bridges), vendor and device name with ids, VF,
+    link and ACS."""
+    from p2pdma.pci import config as cfg
+
+    parts = []
+    if d.port_type_name and (d.is_bridge or d.port_type != cfg.PCI_EXP_TYPE_ENDPOINT):
+        parts.append(d.port_type_name + ("?" if d.port_type_inferred else ""))
+    ident = f"[{d.vendor:04x}:{d.device:04x}]"
+    name = " ".join(x for x in (d.vendor_name, d.device_name or d.class_name) if x)
+    parts.append(f"{name} {ident}" if name else ident)
+    if d.physfn:
+        parts.append(f"VF of {d.physfn}")
+    if d.cur_width or d.max_width:
+        speed = d.cur_speed or d.max_speed
+        width = d.cur_width or d.max_width
+        parts.append(f"x{width} {speed:g}GT/s" if speed else f"x{width}")
+    if d.acs is not None:
+        parts.append(f"ACS {d.acs.ctrl:#06x} [{cfg.acs_bits_text(d.acs.ctrl)}]")
+    elif not d.acs_known:
+        parts.append("ACS unknown")
+    return "  ".join(parts)
+
+
+def device_table(topo: Topology, bdfs: Sequence[str], label: dict[str, str]) -> list[str]:
+    """One aligned line per function: label, short BDF, NUMA, local CPUs, OS names, driver, description."""
+    from p2pdma.pci.names import short_bdf
+
+    rows = [
+        [label.get(b, b), short_bdf(b), numa_text(topo[b]), cpus_text(topo[b]),
+         ",".join(topo[b].os_names) or "-", topo[b].driver or "-", describe(topo[b])]
+        for b in bdfs
+    ]
+    head = ["", "BDF", "NUMA", "CPUs", "OS names", "driver", "device"]
+    widths = [max(len(r[k]) for r in [head, *rows]) for k in range(len(head) - 1)]
+
+    def fmt(r: list[str]) -> str:
+        return ("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]).rstrip()
+
+    return [fmt(head), *(fmt(r) for r in rows)]
+
+
+def name_of(topo: Topology, bdf: str, label: dict[str, str] | None = None) -> str:
+    """``GPU0 (0000:05:00.0, eth0)``: a function's alias with its BDF and OS names, or the bare BDF."""
+    from p2pdma.pci.names import aliases
+
+    alias = (aliases(topo) if label is None else label).get(bdf)
+    extra = ", ".join([bdf, *topo[bdf].os_names])
+    return f"{alias} ({extra})" if alias else (f"{bdf} ({extra[len(bdf) + 2:]})" if topo[bdf].os_names else bdf)
+
+
+def counts_line(counts: dict[str, int]) -> str:
+    """``pairs: BUS_ADDR 2, ...; uncertain 4; of 30 distinct ordered pairs`` (self pairs not counted)."""
+    kinds = ", ".join(f"{k} {counts[k]}" for k in ("BUS_ADDR", "THRU_HOST_BRIDGE", "NOT_SUPPORTED"))
+    return f"pairs: {kinds}; uncertain {counts['uncertain']}; of {counts['pairs']} distinct ordered pairs"
 
 
 def matrix_progress(done: int, total: int) -> None:

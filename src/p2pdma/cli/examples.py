@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(json.dumps({"schema": EXAMPLES_SCHEMA, "examples": items}, indent=1))
+        from p2pdma import __version__
+
+        print(json.dumps({"schema": EXAMPLES_SCHEMA, "tool_version": __version__, "examples": items}, indent=1))
     else:
         for it in items:
             star = " (default)" if it["default"] else ""

@@ -12,7 +12,16 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p2pdma.cli.common import add_source_args, load_topology, machine_source, warn
+from p2pdma.cli.common import (
+    add_source_args,
+    add_view_args,
+    load_topology,
+    machine_source,
+    resolve,
+    select,
+    terminal,
+    warn,
+)
 from p2pdma.errors import InputError
 
 if TYPE_CHECKING:
@@ -29,9 +38,12 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "fix", help="the smallest ACS change making pairs BUS_ADDR, how to apply it, its IOMMU-group cost"
     )
-    p.add_argument("devices", nargs="*", metavar="BDF", help="two or more functions (every ordered pair)")
-    p.add_argument("--all-pairs", action="store_true", help="every pair of non-bridge functions")
+    p.add_argument("devices", nargs="*", metavar="BDF",
+                   help="two or more functions (every ordered pair): alias GPU0, dN, BDF or OS name")
+    p.add_argument("--all-pairs", action="store_true",
+                   help="every pair of the devices people peer (with --all-functions: of every non-bridge function)")
     add_source_args(p)
+    add_view_args(p, devices=False)
     p.set_defaults(handler=cmd_fix)
 
 
@@ -45,22 +57,21 @@ def _root_of(args: argparse.Namespace) -> Path | None:
     return None
 
 
-def _select(topo: Topology, args: argparse.Namespace) -> list[str]:
+def _select(topo: Topology, args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """The functions to plan for and the hidden-functions summary (--all-pairs with the default filter)."""
     if args.all_pairs and args.devices:
         raise InputError("give devices or --all-pairs, not both")
     if args.all_pairs:
-        return [d.bdf for d in topo.endpoints]
+        sel = select(args, topo)
+        return list(sel.bdfs), sel.summary(topo)
+    if args.all_functions or args.classes is not None:
+        raise InputError("--all-functions and --class choose the devices of --all-pairs")
     if len(args.devices) < 2:
         raise InputError("fix needs two or more devices (or --all-pairs)")
-    out = []
-    for name in args.devices:
-        try:
-            out.append(topo.resolve(name).bdf)
-        except KeyError:
-            raise InputError(f"unknown device {name!r} in machine {topo.name}") from None
+    out = [resolve(topo, name).bdf for name in args.devices]
     if len(set(out)) < 2:
         raise InputError("fix needs two or more distinct devices")
-    return out
+    return out, None
 
 
 def _groups_json(g: Groups) -> list[dict[str, Any]]:
@@ -112,11 +123,16 @@ def fix_document(plan: FixPlan, root: Path | None) -> dict[str, Any]:
     g = guest.warning()
     if g:
         warnings.append(g)
+    from p2pdma.pci.names import aliases
+
+    alias_map = aliases(topo)
     return {
         "schema": FIX_SCHEMA,
+        "tool_version": _version(),
         "kernel": plan.profile,
         "machine": topo.name,
         "devices": list(plan.devices),
+        "aliases": {b: alias_map[b] for b in plan.devices if b in alias_map},
         "summary": {
             "pairs": plan.total_pairs,
             "before": plan.counts_before,
@@ -164,6 +180,12 @@ def fix_document(plan: FixPlan, root: Path | None) -> dict[str, Any]:
     }
 
 
+def _version() -> str:
+    from p2pdma import __version__
+
+    return __version__
+
+
 def _unfixable(plan: FixPlan) -> list[dict[str, Any]]:
     """Pairs without a common upstream bridge, grouped by map type and reason."""
     groups: dict[tuple[str, str], list[list[str]]] = {}
@@ -196,22 +218,31 @@ def render_fix(plan: FixPlan, doc: dict[str, Any]) -> str:
     s = doc["summary"]
     lines = [
         f"machine: {doc['machine']}   kernel rules: {doc['kernel']}   functions: {len(doc['devices'])}"
-        f"   ordered pairs: {s['pairs']}",
-        "before: " + ", ".join(f"{k} {v}" for k, v in s["before"].items()),
+        f"   ordered pairs: {s['pairs']} (distinct, self pairs not counted)",
     ]
+    if doc.get("hidden"):
+        lines.append(doc["hidden"])
+    names = doc.get("aliases", {})
+
+    def nm(b: str) -> str:
+        return f"{names[b]} {b}" if b in names else b
+
+    lines.append("before: " + ", ".join(f"{k} {v}" for k, v in s["before"].items()))
     need = doc["pairs"]
     stuck = doc["unfixable"]
     if need:
         lines.append("")
         lines.append("pairs the ACS change makes direct:")
-        lines.extend(_listed([f"  {p['provider']} -> {p['client']}  {p['before']} -> {p['after']}"
+        lines.extend(_listed([f"  {nm(p['provider'])} -> {nm(p['client'])}  {p['before']} -> {p['after']}"
                               + ("" if p["certain"] else "  (uncertain)") for p in need]))
     if stuck:
         lines.append("")
         lines.append("pairs no ACS change can help:")
         for u in stuck:
-            eg = ", ".join(f"{a} -> {b}" for a, b in u["pairs"][:4]) + (", ..." if len(u["pairs"]) > 4 else "")
-            lines.append(f"  {len(u['pairs'])} pairs {u['map_type']} ({eg}): {u['reason']}")
+            eg = ", ".join(f"{names.get(a, a)} -> {names.get(b, b)}" for a, b in u["pairs"][:4])
+            eg += ", ..." if len(u["pairs"]) > 4 else ""
+            lines.append(f"  {len(u['pairs'])} pairs {u['map_type']} ({eg}):")
+            lines.append(f"    {u['reason']}")
         lines.append(f"  {doc['no_acs_help']}")
     lines.append("")
     if not doc["changes"]:
@@ -264,8 +295,10 @@ def render_fix(plan: FixPlan, doc: dict[str, Any]) -> str:
     lines.append(f"IOMMU: {state}" + (f" ({', '.join(io['units'])})" if io["units"] else "")
                  + "".join(f"; {n}" for n in io["notes"]))
     for t in io["thru_host_bridge"]:
-        who = ", ".join(t["clients"][:6]) + (f" and {len(t['clients']) - 6} more" if len(t["clients"]) > 6 else "")
-        lines.append(f"  THRU_HOST_BRIDGE pairs, client {who}: {t['mapping']}")
+        who = ", ".join(names.get(c, c) for c in t["clients"][:6])
+        who += f" and {len(t['clients']) - 6} more" if len(t["clients"]) > 6 else ""
+        lines.append(f"  THRU_HOST_BRIDGE pairs, client {who}:")
+        lines.append(f"    {t['mapping']}")
     for w in doc["warnings"][len(plan.topo.warnings):]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
@@ -277,13 +310,14 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
     topo = load_topology(args)
     warn(topo)
-    selected = _select(topo, args)
+    selected, hidden = _select(topo, args)
     plan = plan_fix(topo, selected, args.kernel)
     doc = fix_document(plan, _root_of(args))
+    doc["hidden"] = hidden
     if args.json:
         print(json.dumps(doc, indent=1))
     else:
-        print(render_fix(plan, doc))
+        print(terminal().wrap(render_fix(plan, doc)))
     return 0
 
 

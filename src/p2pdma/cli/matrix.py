@@ -1,4 +1,5 @@
-"""``p2pdma matrix``: the map type and distance of every pair, as a table or ``p2pdma.matrix/1``."""
+"""``p2pdma matrix``: the map type and distance of every pair of the devices people peer (or of the
+functions the view options pick), as a table, CSV, ``p2pdma.matrix/2`` or the older ``p2pdma.matrix/1``."""
 
 from __future__ import annotations
 
@@ -7,19 +8,40 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from p2pdma.cli.common import add_source_args, device_json, load_topology, matrix_progress, warn
+from p2pdma.cli.common import (
+    Term,
+    add_source_args,
+    add_view_args,
+    counts_line,
+    device_json,
+    device_table,
+    load_topology,
+    matrix_progress,
+    select,
+    terminal,
+    warn,
+)
+from p2pdma.errors import InputError
 
 if TYPE_CHECKING:
+    from p2pdma.p2p.matrix import Matrix
+    from p2pdma.pci.names import Selection
     from p2pdma.pci.topology import Topology
 
 MATRIX_SCHEMA = "p2pdma.matrix/1"
+MAX_TABLE_COLUMNS = 64  # past this many functions the text lists them and points to --json / --csv
+LABELS_NOTE = "labels: GPU0, NIC0, NVME0, ACCEL0 by class and BDF order, dN the others (explain takes them)"
 
 
 def add_parser(sub: Any) -> None:
     """Register ``matrix``."""
-    m = sub.add_parser("matrix", help="P2P map type and distance for every pair of functions")
+    m = sub.add_parser("matrix", help="P2P map type and distance for every pair of the devices people peer")
     add_source_args(m)
-    m.add_argument("--all", action="store_true", help="include bridges, not only type 0 functions")
+    m.add_argument("--all", action="store_true", help="every function, bridges too (implies --all-functions)")
+    add_view_args(m)
+    m.add_argument("--schema", choices=("1", "2"), default="2",
+                   help="the --json document: 2 (p2pdma.matrix/2, default) or 1 (p2pdma.matrix/1, every function)")
+    m.add_argument("--csv", action="store_true", help="print the pair table as CSV (one row per ordered pair)")
     m.set_defaults(handler=run)
 
 
@@ -59,16 +81,94 @@ def write_matrix_json(topo: Topology, profile: str, include_bridges: bool, out: 
     out.write('], "warnings": ' + json.dumps(list(topo.warnings)) + "}\n")
 
 
+def cell_text(mat: Matrix, i: int, j: int) -> str:
+    """The compact cell (report.text.cell(): ``X``, ``B4``, ``H8?``, ``--``)."""
+    from p2pdma.report.text import cell
+
+    return cell(int(mat.map_type[i, j]), int(mat.distance[i, j]), bool(mat.certain[i, j]), i == j)
+
+
+def _paint_cell(term: Term, text: str) -> str:
+    if not term.colour:
+        return text
+    base = text.rstrip("?")
+    out = term.paint(base, base[:1])
+    return out + (term.paint("?", "?") if text.endswith("?") else "")
+
+
+def render_table(mat: Matrix, label: dict[str, str], term: Term) -> list[str]:
+    """The pair table, split into blocks of columns that fit ``term.table_width``."""
+    n = len(mat.bdfs)
+    labs = [label.get(b, b) for b in mat.bdfs]
+    cells = [[cell_text(mat, i, j) for j in range(n)] for i in range(n)]
+    w = max(3, *(len(x) + 1 for x in labs), *(len(c) + 1 for row in cells for c in row))
+    first = max(len(x) for x in labs) + 2
+    per_block = max(1, (term.table_width - first) // w)
+    lines: list[str] = []
+    for c0 in range(0, n, per_block):
+        cols = range(c0, min(n, c0 + per_block))
+        if c0:
+            lines.append("")
+        lines.append(" " * first + "".join(term.paint(labs[j].rjust(w), "bold") for j in cols))
+        for i in range(n):
+            row = "".join(" " * (w - len(cells[i][j])) + _paint_cell(term, cells[i][j]) for j in cols)
+            lines.append(term.paint(labs[i].ljust(first), "bold") + row)
+    return lines
+
+
+def render_matrix(mat: Matrix, sel: Selection, term: Term, total: int) -> str:
+    """The text view: the header (what was left out), the devices with names, NUMA and CPUs, the table,
+    the legend and the distinct-pair counts."""
+    from p2pdma.pci.names import labels
+    from p2pdma.report.documents import pair_counts
+    from p2pdma.report.text import LEGEND
+
+    topo = mat.topo
+    n = len(mat.bdfs)
+    label = labels(topo)
+    shown = f"{n} of {total}" if n != total else f"{n}"
+    lines = [term.paint(f"machine: {topo.name}   kernel rules: {mat.profile}   functions: {shown}", "bold")]
+    summary = sel.summary(topo)
+    if summary:
+        lines.append(summary)
+    lines.extend(device_table(topo, mat.bdfs, label))
+    if n > MAX_TABLE_COLUMNS:
+        lines.append(f"{n} functions: too many columns for a table; use --json or --csv for every pair.")
+    elif n > 1:
+        lines.append("")
+        lines.extend(render_table(mat, label, term))
+        lines.append("")
+        lines.append(LEGEND)
+        lines.append("  " + LABELS_NOTE)
+    lines.append(counts_line(pair_counts(mat)))
+    return term.wrap("\n".join(lines))
+
+
 def run(args: argparse.Namespace) -> int:
-    """Print the table or the JSON document."""
+    """Print the table, the CSV or the JSON document."""
+    if args.json and args.csv:
+        raise InputError("give --json or --csv, not both")
+    view = args.classes is not None or args.devices is not None
+    if args.json and args.schema == "1" and view:
+        raise InputError("p2pdma.matrix/1 lists every function; --class and --devices need --schema 2")
     topo = load_topology(args)
     warn(topo)
-    if args.json:
+    if args.json and args.schema == "1":
         write_matrix_json(topo, args.kernel, args.all, sys.stdout)
-    else:
-        from p2pdma.p2p.matrix import compute_matrix
-        from p2pdma.report import text
+        return 0
+    from p2pdma.p2p.matrix import compute_matrix
 
-        mat = compute_matrix(topo, args.kernel, include_bridges=args.all, progress=matrix_progress)
-        print(text.render_matrix(mat))
+    sel = select(args, topo, include_bridges=args.all)
+    mat = compute_matrix(topo, args.kernel, select=sel.bdfs, progress=matrix_progress)
+    if args.json:
+        from p2pdma.report.documents import matrix_document_v2
+
+        print(json.dumps(matrix_document_v2(mat, sel)))
+    elif args.csv:
+        from p2pdma.report.documents import pairs_csv
+
+        sys.stdout.write(pairs_csv(mat))
+    else:
+        total = len(topo.devices) if args.all else len(topo.endpoints)
+        print(render_matrix(mat, sel, terminal(), total))
     return 0

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # the model loads only when the command runs, not for every p
     from p2pdma.pci.topology import Topology
 
 DEFAULT_SCENARIO = "seed-story"
+SIMULATE_LIST_SCHEMA = "p2pdma.simulate-list/1"
 
 
 def add_parser(sub: Any) -> None:
@@ -63,17 +64,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from p2pdma.model import scenario as S
 
     if args.list:
+        items = []
         for name in S.bundled_names():
             sc = S.load_bundled(name)
-            star = " (default)" if name == S.DEFAULT_SCENARIO else ""
-            print(f"{name:<20} {sc.description}{star}")
+            items.append({"name": name, "description": sc.description, "default": name == S.DEFAULT_SCENARIO})
+        if args.json:
+            from p2pdma.report.documents import list_document
+
+            print(json.dumps(list_document(SIMULATE_LIST_SCHEMA, "scenarios", items), indent=1))
+            return 0
+        for it in items:
+            star = " (default)" if it["default"] else ""
+            print(f"{it['name']:<20} {it['description']}{star}")
         return 0
     sc = _scenario(args.scenario)
     topo = _machine(sc, args)
     profile = args.kernel or sc.kernel or "latest"
     res = S.run_scenario(sc, topo, profile)
     if args.json:
-        print(json.dumps(res.to_json(), indent=1))
+        from p2pdma.report.documents import stamp
+
+        print(json.dumps(stamp(res.to_json()), indent=1))
     else:
         print(render(res))
     return 1 if res.violations else 0

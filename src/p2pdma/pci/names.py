@@ -46,7 +46,7 @@ HIDDEN_KINDS: dict[int, str] = {
 SHORT_BDF_RE = re.compile(
     r"^(?:(?P<dom>[0-9a-fA-F]{1,8}):)?(?P<bus>[0-9a-fA-F]{1,2}):(?P<dev>[0-9a-fA-F]{1,2})\.(?P<fn>[0-7])$"
 )
-DN_RE = re.compile(r"^[dD](?P<n>\d+)$")
+DN_RE = re.compile(r"^(?P<kind>[dDbB])(?P<n>\d+)$")
 NVME_NS_RE = re.compile(r"^(?P<ctrl>nvme\d+)(?:c\d+)?n\d+(?:p\d+)?$")
 
 
@@ -98,6 +98,18 @@ def short_bdf(bdf: str) -> str:
     return bdf[5:] if bdf.startswith("0000:") else bdf
 
 
+def labels(topo: Topology) -> dict[str, str]:
+    """``{bdf: label}`` for every function: its alias (``GPU0``), else ``dN`` (index among the endpoints,
+    the list ``matrix --all-functions`` shows) or ``bN`` (index among the bridges): what the matrix prints
+    and lookup() takes back."""
+    out = aliases(topo)
+    for k, d in enumerate(topo.endpoints):
+        out.setdefault(d.bdf, f"d{k}")
+    for k, d in enumerate(x for x in topo.devices if x.is_bridge):
+        out.setdefault(d.bdf, f"b{k}")
+    return out
+
+
 def hidden_kind(d: Device) -> str:
     """What the summary calls a function the default view leaves out."""
     if d.is_bridge:
@@ -128,9 +140,11 @@ def hidden_summary(topo: Topology, hidden: Iterable[str], hint: bool = True) -> 
         k = hidden_kind(topo[b])
         kinds[k] = kinds.get(k, 0) + 1
         total += 1
-    parts = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    parts = ", ".join(f"{n} {k[:-1] if n == 1 and k.endswith('s') else k}"
+                      for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
     noun = "function" if total == 1 else "functions"
-    return f"{total} {noun} hidden: {parts}" + ("; --all-functions shows them" if hint else "")
+    return f"{total} {noun} hidden: {parts}" + (f"; --all-functions shows {'it' if total == 1 else 'them'}"
+                                                 if hint else "")
 
 
 def parse_classes(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -164,7 +178,8 @@ def select_devices(
 ) -> Selection:
     """The functions a command shows: ``devices`` (any names lookup() takes) when given, else those of
     ``classes``, else every candidate with ``all_functions``, else the devices people peer. Candidates are
-    the endpoints (and bridges with ``include_bridges``). When the filter keeps nothing, every candidate."""
+    the endpoints (and bridges with ``include_bridges``). When the filter keeps fewer than two (no pair to
+    show), every candidate."""
     candidates = [d for d in topo.devices if include_bridges or not d.is_bridge]
     if devices is not None:
         names = devices.split(",") if isinstance(devices, str) else [x for t in devices for x in t.split(",")]
@@ -186,7 +201,7 @@ def select_devices(
     if all_functions:
         return Selection(tuple(d.bdf for d in candidates))
     keep = [d.bdf for d in candidates if is_peer_device(d)]
-    if not keep:
+    if len(keep) < 2:
         return Selection(tuple(d.bdf for d in candidates))
     kept = set(keep)
     return Selection(tuple(keep), tuple(d.bdf for d in candidates if d.bdf not in kept), filtered=True)
@@ -233,11 +248,16 @@ def lookup(topo: Topology, name: str, order: Sequence[str] | None = None) -> Dev
             return topo[bdf]
     m = DN_RE.match(text)
     if m:
-        seq = list(order) if order is not None else [d.bdf for d in topo.endpoints]
+        kind = m["kind"].lower()
+        if kind == "b":
+            seq = [d.bdf for d in topo.devices if d.is_bridge]
+        else:
+            seq = list(order) if order is not None else [d.bdf for d in topo.endpoints]
         k = int(m["n"])
         if k < len(seq):
             return topo[seq[k]]
-        raise InputError(f"unknown device {text!r} in machine {topo.name}: the list has d0..d{len(seq) - 1}")
+        have = f"{kind}0..{kind}{len(seq) - 1}" if seq else f"no {kind}N"
+        raise InputError(f"unknown device {text!r} in machine {topo.name}: the list has {have}")
     found = _normal_bdf(topo, text)
     if found is not None:
         return topo[found]
@@ -300,6 +320,7 @@ __all__ = [
     "hidden_kind",
     "hidden_summary",
     "is_peer_device",
+    "labels",
     "lookup",
     "lookup_quiet",
     "names_of",
