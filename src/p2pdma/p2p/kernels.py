@@ -41,8 +41,8 @@ class KernelProfile:
     acs_rule: str
     whitelist: tuple[WhitelistEntry, ...]
     source: str
-    # Host bridge "not in whitelist" warning: only when ACS redirected (released kernels) or on
-    # every verbose host-bridge fallback (pci-next).
+    # Host bridge "not in whitelist" warning on every host-bridge fallback; False in every tree read
+    # (6.1, 7.2, the PCI tree at cd2698d76c31): host_bridge_whitelist() gets warn = acs_redirects.
     warn_whitelist_always: bool = False
     acs_list_buf: int = ACS_LIST_BUF
     host_bridge_dev_rule: str = HOST_BRIDGE_DEV_RULE
@@ -118,8 +118,7 @@ PROFILES: dict[str, KernelProfile] = {
     ),
     "pci-next": KernelProfile(
         "pci-next", "PCI tree p2pdma branch", ACS_REDIR_ANY_PORT, _WL_PCI_NEXT,
-        "PCI maintainer's p2pdma branch (push of 2026-10-09) as issue 11 states it; not read line by line here",
-        warn_whitelist_always=True,
+        "PCI tree (kernelorg-mirror/linux_kernel_git_pci_pci) at cd2698d76c31, drivers/pci/p2pdma.c",
     ),
 }
 NEWEST_MAINLINE = "7.2"
