@@ -35,12 +35,15 @@ HB_REASON = re.compile(
 )
 
 
-def _brute_causes(topo: Topology, profile: str) -> dict[str, int]:
-    """Cause codes counted pair by pair from the full per-pair verdicts and their reason text."""
+def _brute_causes(topo: Topology, profile: str, self_pairs: bool = True) -> dict[str, int]:
+    """Cause codes counted pair by pair from the full per-pair verdicts and their reason text
+    (``self_pairs=False``: distinct ordered pairs only)."""
     out: Counter[str] = Counter()
     eps = [d for d in topo.devices if not d.is_bridge]
     for p in eps:
         for c in eps:
+            if p is c and not self_pairs:
+                continue
             v = calc_map_type_and_dist(topo, p, c, profile)
             if not v.certain:
                 out["acs-unknown"] += 1

@@ -256,6 +256,14 @@ class ArchiveFs(FsView):
         return self.links.get(real)
 
     def resolve(self, rel: str) -> str:
+        # Components resolve left to right, so ``head/tail`` is resolve_dir(head) (memoised) plus
+        # ``tail`` when that is a plain name and no link: the same answer, one lookup per read.
+        head, _, tail = rel.rpartition("/")
+        if head and tail and tail != "." and tail != ".." and len(rel) < MAX_LOOKUP:
+            base = self.resolve_dir(head)
+            cand = f"{base}/{tail}" if base else tail
+            if cand not in self.links and len(cand) < MAX_LOOKUP:
+                return cand
         return resolve(rel, self.links.get, None, self.resolved)
 
     def resolve_dir(self, rel: str) -> str:
