@@ -312,12 +312,12 @@ def device_table(topo: Topology, bdfs: Sequence[str], label: dict[str, str]) -> 
 
 
 def name_of(topo: Topology, bdf: str, label: dict[str, str] | None = None) -> str:
-    """``GPU0 (0000:05:00.0, eth0)``: a function's alias with its BDF and OS names, or the bare BDF."""
-    from p2pdma.pci.names import aliases
+    """``GPU0 (0000:05:00.0, eth0)``: a function's label (alias, ``dN``, ``bN``) with its BDF and OS names."""
+    from p2pdma.pci.names import labels
 
-    alias = (aliases(topo) if label is None else label).get(bdf)
+    name = (labels(topo) if label is None else label).get(bdf)
     extra = ", ".join([bdf, *topo[bdf].os_names])
-    return f"{alias} ({extra})" if alias else (f"{bdf} ({extra[len(bdf) + 2:]})" if topo[bdf].os_names else bdf)
+    return f"{name} ({extra})" if name else bdf
 
 
 def counts_line(counts: dict[str, int]) -> str:

@@ -114,6 +114,9 @@ def hidden_kind(d: Device) -> str:
     """What the summary calls a function the default view leaves out."""
     if d.is_bridge:
         return "bridges"
+    peer = class_name(d)
+    if peer is not None:  # left out by --class
+        return {"gpu": "GPUs", "nic": "NICs", "nvme": "NVMe", "accel": "accelerators"}[peer]
     return HIDDEN_KINDS.get(d.class_code >> 16, "other")
 
 
