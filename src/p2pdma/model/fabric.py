@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import functools
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -34,6 +35,59 @@ Bytes = npt.NDArray[np.uint8]
 U64_LIMIT = 1 << 64
 
 
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """A chunk holding bytes ``start .. start + CHUNK`` of pattern stream ``seed`` (see pattern_slice):
+    test data that costs no memory until a part of the chunk is overwritten."""
+
+    seed: int
+    start: int
+
+
+@functools.lru_cache(maxsize=8)
+def _pattern_block(seed: int, block: int) -> Bytes:
+    """Block ``block`` (CHUNK bytes) of pattern stream ``seed``: seeded random bytes, read-only."""
+    arr = np.random.default_rng([seed, 0x9D, block]).integers(0, 256, size=CHUNK, dtype=np.uint8)
+    arr.flags.writeable = False
+    return arr
+
+
+def pattern_slice(seed: int, start: int, n: int) -> Bytes:
+    """Bytes ``start .. start + n`` of the deterministic pattern stream ``seed`` (a new array)."""
+    out = np.empty(n, dtype=np.uint8)
+    pos = 0
+    while pos < n:
+        block, inner = divmod(start + pos, CHUNK)
+        take = min(CHUNK - inner, n - pos)
+        out[pos : pos + take] = _pattern_block(seed, block)[inner : inner + take]
+        pos += take
+    return out
+
+
+Chunk = Bytes | int | Pattern
+
+
+def _piece(c: Chunk | None, inner: int, take: int) -> Bytes | int:
+    """Bytes ``inner .. inner + take`` of one chunk: an array slice, or the fill byte."""
+    if c is None:
+        return 0
+    if isinstance(c, Pattern):
+        return pattern_slice(c.seed, c.start + inner, take)
+    if isinstance(c, np.ndarray):
+        return c[inner : inner + take]
+    return c
+
+
+def _shifted(a: Chunk | None, b: Chunk | None, inner: int) -> int | Pattern | None:
+    """The chunk made of bytes ``inner..`` of chunk ``a`` and ``..inner`` of the next one ``b``, when
+    that is again a token (one fill byte, or one pattern stream read on); None when it needs bytes."""
+    if isinstance(a, Pattern) and isinstance(b, Pattern) and a.seed == b.seed and b.start == a.start + CHUNK:
+        return Pattern(a.seed, a.start + inner)
+    if not isinstance(a, (np.ndarray, Pattern)) and not isinstance(b, (np.ndarray, Pattern)) and (a or 0) == (b or 0):
+        return a or 0
+    return None
+
+
 @dataclass(slots=True)
 class Memory:
     """A sparse byte store: pages (CHUNK bytes) appear on first write; unwritten bytes read as zero.
@@ -42,19 +96,56 @@ class Memory:
     real array; arrays may be shared with a copy (read-only, copied when next written), so that
     ``copy.deepcopy`` of a System (the checker) and ``copy_from`` do not duplicate bytes."""
 
-    chunks: dict[int, Bytes | int] = field(default_factory=dict)
+    chunks: dict[int, Chunk] = field(default_factory=dict)
 
     def _chunk(self, idx: int) -> Bytes:
-        """The chunk ``idx`` as a private, writable array (materializing fills, un-sharing copies)."""
+        """The chunk ``idx`` as a private, writable array (materializing fills and patterns,
+        un-sharing copies)."""
         c = self.chunks.get(idx)
         if isinstance(c, np.ndarray):
             if c.flags.writeable:
                 return c
             c = c.copy()
+        elif isinstance(c, Pattern):
+            c = pattern_slice(c.seed, c.start, CHUNK)
         else:
             c = np.full(CHUNK, c or 0, dtype=np.uint8)
         self.chunks[idx] = c
         return c
+
+    def fill_pattern(self, off: int, n: int, seed: int, start: int = 0) -> None:
+        """Write bytes ``start .. start + n`` of pattern stream ``seed`` at ``off``; whole chunks are
+        kept as Pattern tokens (no memory), partial ones are materialized."""
+        pos = 0
+        while pos < n:
+            idx, inner = divmod(off + pos, CHUNK)
+            take = min(CHUNK - inner, n - pos)
+            if take == CHUNK:
+                self.chunks[idx] = Pattern(seed, start + pos)
+            else:
+                self._chunk(idx)[inner : inner + take] = pattern_slice(seed, start + pos, take)
+            pos += take
+
+    def same(self, off: int, other: Memory, other_off: int, n: int) -> bool:
+        """Whether ``n`` bytes at ``off`` equal ``n`` bytes of ``other`` at ``other_off``, chunk by
+        chunk (shared arrays, equal fills and equal pattern tokens compare without reading)."""
+        pos = 0
+        while pos < n:
+            ai, ain = divmod(off + pos, CHUNK)
+            bi, bin_ = divmod(other_off + pos, CHUNK)
+            take = min(CHUNK - ain, CHUNK - bin_, n - pos)
+            a, b = self.chunks.get(ai), other.chunks.get(bi)
+            whole = ain == 0 and bin_ == 0 and take == CHUNK
+            if not (whole and (a is b or (not isinstance(a, np.ndarray) and not isinstance(b, np.ndarray)
+                                          and (a or 0) == (b or 0)))):
+                pa, pb = _piece(a, ain, take), _piece(b, bin_, take)
+                if isinstance(pa, int) and isinstance(pb, int):
+                    if pa != pb:
+                        return False
+                elif not np.array_equal(np.broadcast_to(pa, (take,)), np.broadcast_to(pb, (take,))):
+                    return False
+            pos += take
+        return True
 
     def write(self, off: int, data: Bytes) -> None:
         pos = 0
@@ -103,6 +194,15 @@ class Memory:
                     self.chunks[didx] = c
                 pos += CHUNK
                 continue
+            if din == 0 and n - pos >= CHUNK:
+                shifted = _shifted(src.chunks.get(sidx), src.chunks.get(sidx + 1), sin)
+                if shifted is not None:  # a whole chunk of one fill or one pattern, at another phase
+                    if shifted == 0:
+                        self.chunks.pop(didx, None)
+                    else:
+                        self.chunks[didx] = shifted
+                    pos += CHUNK
+                    continue
             take = min(CHUNK - sin, CHUNK - din, n - pos)
             self.write(dst_off + pos, src.read(src_off + pos, take))
             pos += take
@@ -114,13 +214,7 @@ class Memory:
         while pos < n:
             idx, inner = divmod(off + pos, CHUNK)
             take = min(CHUNK - inner, n - pos)
-            c = self.chunks.get(idx)
-            if c is None:
-                out[pos : pos + take] = 0
-            elif isinstance(c, np.ndarray):
-                out[pos : pos + take] = c[inner : inner + take]
-            else:
-                out[pos : pos + take] = c
+            out[pos : pos + take] = _piece(self.chunks.get(idx), inner, take)
             pos += take
 
     def read(self, off: int, n: int) -> Bytes:
@@ -142,6 +236,8 @@ class Memory:
 
     def _canon(self, idx: int) -> Bytes | int | None:
         c = self.chunks.get(idx)
+        if isinstance(c, Pattern):
+            c = pattern_slice(c.seed, c.start, CHUNK)
         if isinstance(c, np.ndarray):
             first = int(c[0])
             if not c.any():
@@ -155,6 +251,9 @@ class Memory:
         if not isinstance(other, Memory):
             return False
         for idx in self.chunks.keys() | other.chunks.keys():
+            x, y = self.chunks.get(idx), other.chunks.get(idx)
+            if x is y or (isinstance(x, Pattern) and x == y):
+                continue
             a, b = self._canon(idx), other._canon(idx)
             if a is None or b is None or isinstance(a, int) or isinstance(b, int):
                 if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) or a != b:
@@ -419,22 +518,29 @@ def _memory(st: FabricState, target: Target) -> Memory:
     return mem
 
 
-def dma(system: System, dev: str, dma_addr: int, length: int, *, write: bool, data: bytes | Bytes | None = None,
-        context: str = "") -> Bytes:
+def dma(system: System, dev: str, dma_addr: int, length: int, *, write: bool,
+        data: bytes | Bytes | tuple[Memory, int] | None = None, context: str = "",
+        into: tuple[Memory, int] | None = None) -> Bytes:
     """Perform one DMA: route each piece, check, move the bytes, count. Returns what was read (or
     written). An IOMMU fault (on any piece) is recorded (it is the IOMMU doing its job) and
     re-raised before any byte moves; sanitizer findings become violations on the System and the
-    access is not performed."""
+    access is not performed. ``data`` may be a (Memory, offset) source and ``into`` a (Memory,
+    offset) destination for a read: bytes then move chunk by chunk, shared where aligned, and the
+    return value is empty (a 1 GiB transfer costs no 1 GiB buffer)."""
     if dev not in system.topo:
         raise KernelError(f"no PCI device {dev}", errno.ENODEV)
     _check_range(dev, dma_addr, length)
     buf: Bytes | None = None
+    src: tuple[Memory, int] | None = None
     if write:
         if data is None:
             raise KernelError(f"{dev}: a write needs data", errno.EINVAL)
-        buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
-        if len(buf) != length:
-            raise KernelError(f"{dev}: write of {len(buf)} bytes declared {length}", errno.EINVAL)
+        if isinstance(data, tuple):
+            src = data
+        else:
+            buf = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+            if len(buf) != length:
+                raise KernelError(f"{dev}: write of {len(buf)} bytes declared {length}", errno.EINVAL)
     st = state(system)
     pieces: list[tuple[Target, int, int]] = []
     pos = 0
@@ -456,10 +562,18 @@ def dma(system: System, dev: str, dma_addr: int, length: int, *, write: bool, da
         for p in problems:
             system.violate("sanitizer", f"{context or 'DMA'} by {dev} at {dma_addr:#x}: {p}", raise_it=False)
         return np.zeros(0, dtype=np.uint8)
-    if buf is not None:
+    if src is not None:
+        for target, p0, n in pieces:
+            _memory(st, target).copy_from(src[0], src[1] + p0, target.offset, n)
+        out = np.zeros(0, dtype=np.uint8)
+    elif buf is not None:
         for target, p0, n in pieces:
             _memory(st, target).write(target.offset, buf[p0 : p0 + n])
         out = buf
+    elif into is not None:
+        for target, p0, n in pieces:
+            into[0].copy_from(_memory(st, target), target.offset, into[1] + p0, n)
+        out = np.zeros(0, dtype=np.uint8)
     elif len(pieces) == 1:
         out = _memory(st, pieces[0][0]).read(pieces[0][0].offset, length)
     else:
@@ -489,6 +603,16 @@ def cpu_fill(system: System, owner: str, bar: int, offset: int, length: int, val
     if not 0 <= value <= 0xFF:
         raise KernelError(f"fill value {value} is not a byte", errno.EINVAL)
     state(system).bars.setdefault((owner, bar), Memory()).fill(offset, length, value)
+
+
+def cpu_fill_pattern(system: System, owner: str, bar: int, offset: int, length: int, seed: int) -> None:
+    """The CPU writes ``length`` bytes of pattern stream ``seed`` into a BAR (whole chunks cost no memory)."""
+    state(system).bars.setdefault((owner, bar), Memory()).fill_pattern(offset, length, seed)
+
+
+def bar_memory(system: System, owner: str, bar: int) -> Memory:
+    """The sparse store behind one BAR (created empty: unwritten bytes read as zero)."""
+    return state(system).bars.setdefault((owner, bar), Memory())
 
 
 def ram_write(system: System, phys: int, data: bytes) -> None:

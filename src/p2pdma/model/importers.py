@@ -23,6 +23,8 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from p2pdma.errors import IommuFault, KernelError
 from p2pdma.model import dma as D
 from p2pdma.model import dmabuf as B
@@ -63,7 +65,7 @@ class InFlight:
     offset: int
     length: int
     write: bool
-    data: bytes | None
+    data: bytes | F.Memory | None  # a write's bytes, or a sparse source read from offset 0
     addrs: list[tuple[int, int]]
     fence: int | None
     valid_at_start: bool
@@ -75,7 +77,6 @@ class InFlight:
 class ImporterState:
     imports: dict[int, Import] = field(default_factory=dict)
     inflight: dict[int, InFlight] = field(default_factory=dict)
-    results: dict[int, bytes] = field(default_factory=dict)
 
 
 def state(system: System) -> ImporterState:
@@ -263,14 +264,15 @@ def _addresses(imp: Import, system: System, offset: int, length: int) -> list[tu
 
 
 def start_dma(system: System, import_id: int, offset: int, length: int, *, write: bool,
-              data: bytes | None = None) -> int:
-    """Begin a DMA of ``length`` bytes at ``offset`` into the buffer. A correct importer refuses
-    new work after invalidation (rdma/nvme re-map first; iommufd's VM faults)."""
+              data: bytes | F.Memory | None = None) -> int:
+    """Begin a DMA of ``length`` bytes at ``offset`` into the buffer (a write's data: bytes, or a
+    sparse Memory whose first ``length`` bytes are sent). A correct importer refuses new work after
+    invalidation (rdma/nvme re-map first; iommufd's VM faults)."""
     st = state(system)
     imp = st.imports.get(import_id)
     if imp is None:
         raise KernelError(f"no import {import_id}", errno.EINVAL)
-    if write and (data is None or len(data) != length):
+    if write and (data is None or (not isinstance(data, F.Memory) and len(data) != length)):
         raise KernelError("a write needs exactly length bytes of data", errno.EINVAL)
     if imp.notified and imp.kind not in IGNORES:
         handle_invalidate(system, import_id)  # the importer sees the flag before new work
@@ -313,16 +315,24 @@ def _resets(system: System, imp: Import) -> int:
 
 
 def finish_dma(system: System, op_id: int) -> bytes:
+    """Complete a DMA (see finish_dma_sparse) and return what it read (a write: what it wrote)."""
+    mem, n = finish_dma_sparse(system, op_id)
+    return bytes(mem.read(0, n))
+
+
+def finish_dma_sparse(system: System, op_id: int) -> tuple[F.Memory, int]:
     """Complete a DMA: the bytes move through the fabric (checked), then the fence signals. The
     sanitizer flags a DMA started through an invalidated mapping, and one that was in flight when
-    its buffer was revoked if the revoke completed (the BAR went, or the device reset) before it."""
+    its buffer was revoked if the revoke completed (the BAR went, or the device reset) before it.
+    Returns the bytes moved as a sparse Memory from offset 0, and how many moved."""
     st = state(system)
     op = st.inflight.pop(op_id, None)
     if op is None:
         raise KernelError(f"no DMA {op_id} in flight", errno.EINVAL)
     imp = st.imports[op.imp]
     imp.inflight.remove(op_id)
-    out = bytearray()
+    out = F.Memory()
+    moved = 0
     unwaited = op.invalidated and (V.revoke_done(system, _owner(system, imp))
                                    or _resets(system, imp) != op.resets_at_start)
     if not op.valid_at_start:
@@ -334,21 +344,31 @@ def finish_dma(system: System, op_id: int) -> bytes:
     else:
         pos = 0
         for addr, n in op.addrs:
-            chunk = op.data[pos : pos + n] if op.write and op.data is not None else None
+            viol = len(system.violations)
             try:
-                got = F.dma(system, imp.dev, addr, n, write=op.write, data=chunk, context=f"dma {op_id}")
+                if op.write:
+                    assert op.data is not None
+                    src = op.data if isinstance(op.data, F.Memory) else F.Memory()
+                    if not isinstance(op.data, F.Memory):
+                        src.write(0, np.frombuffer(op.data[pos : pos + n], dtype=np.uint8))
+                    F.dma(system, imp.dev, addr, n, write=True, data=(src, pos if src is op.data else 0),
+                          context=f"dma {op_id}")
+                    if len(system.violations) == viol:
+                        out.copy_from(src, pos if src is op.data else 0, moved, n)
+                        moved += n
+                else:
+                    F.dma(system, imp.dev, addr, n, write=False, context=f"dma {op_id}", into=(out, moved))
+                    if len(system.violations) == viol:
+                        moved += n
             except IommuFault:
-                got = None
-            if got is not None:
-                out += bytes(got)
+                pass
             pos += n
     if op.fence is not None:
         B.dma_fence_signal(system, imp.buf, op.fence)
     if imp.invalid and not imp.inflight and imp.kind in REMAPS_ON_USE:
         _unmap_or_sleep(system, imp)
-    st.results[op_id] = bytes(out)
     system.log(f"finish dma {op_id}")
-    return bytes(out)
+    return out, moved
 
 
 def remap(system: System, import_id: int) -> None:

@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from p2pdma.errors import InputError, IommuFault, P2pdmaError
 from p2pdma.model import dmabuf as B
 from p2pdma.model import fabric as F
@@ -100,8 +98,16 @@ def _json_args(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def pattern_bytes(seed: int, size: int) -> bytes:
-    """Deterministic test data: ``size`` bytes drawn from a generator seeded with ``seed``."""
-    return np.random.default_rng([seed, 0x9D]).integers(0, 256, size=size, dtype=np.uint8).tobytes()
+    """Deterministic test data: the first ``size`` bytes of pattern stream ``seed`` (fabric.pattern_slice),
+    which fills and DMAs keep as tokens instead of bytes."""
+    return F.pattern_slice(seed, 0, size).tobytes()
+
+
+def _pattern(seed: int, size: int) -> F.Memory:
+    """``size`` bytes of pattern stream ``seed`` as a sparse Memory (whole chunks cost nothing)."""
+    mem = F.Memory()
+    mem.fill_pattern(0, size, seed)
+    return mem
 
 
 def human(n: int) -> str:
@@ -131,19 +137,19 @@ class _Run:
         self.s = System(topo, profile=profile, seed=sc.seed, iommu=sc.iommu, history_limit=1 << 30)
         self.bufs: dict[str, int] = {}
         self.imports: dict[str, int] = {}
-        self.ops: dict[str, tuple[int, str, bool, int, int, bytes | None]] = {}
+        self.ops: dict[str, tuple[int, str, bool, int, int, F.Memory | None]] = {}
         self.shadow: dict[tuple[str, int], F.Memory] = {}
         self.touched: dict[tuple[str, int], list[tuple[int, int]]] = {}
         self.mismatches: list[str] = []
 
     # the reference copy of what should be in each BAR --------------------------------------------
-    def _remember(self, bdf: str, bar: int, off: int, data: bytes) -> None:
-        self.shadow.setdefault((bdf, bar), F.Memory()).write(off, np.frombuffer(data, dtype=np.uint8))
-        self.touched.setdefault((bdf, bar), []).append((off, len(data)))
+    def _remember(self, bdf: str, bar: int, off: int, data: F.Memory, data_off: int, n: int) -> None:
+        """Record that ``n`` bytes of ``data`` at ``data_off`` were written at ``off`` of a BAR (shared, not copied)."""
+        self.shadow.setdefault((bdf, bar), F.Memory()).copy_from(data, data_off, off, n)
+        self.touched.setdefault((bdf, bar), []).append((off, n))
 
-    def _expected(self, bdf: str, bar: int, off: int, n: int) -> bytes:
-        mem = self.shadow.get((bdf, bar))
-        return bytes(n) if mem is None else bytes(mem.read(off, n))
+    def _shadow(self, bdf: str, bar: int) -> F.Memory:
+        return self.shadow.setdefault((bdf, bar), F.Memory())
 
     def _segments(self, buf_name: str, offset: int, length: int) -> list[tuple[str, int, int, int, int]]:
         """(owner, bar, bar offset, buffer offset, length) pieces of a buffer range."""
@@ -162,13 +168,14 @@ class _Run:
         imp = I.state(self.s).imports[self.imports[imp_name]]
         return next(k for k, v in self.bufs.items() if v == imp.buf)
 
-    def check_read(self, label: str, buf_name: str, offset: int, got: bytes, length: int) -> bool:
-        exp = b"".join(self._expected(o, b, bo, n) for o, b, bo, _, n in self._segments(buf_name, offset, length))
-        if got != exp:
+    def check_read(self, label: str, buf_name: str, offset: int, got: F.Memory, moved: int, length: int) -> bool:
+        """Whether a read returned what was last written there, compared chunk by chunk."""
+        ok = moved == length and all(
+            got.same(po, self._shadow(o, b), bo, n) for o, b, bo, po, n in self._segments(buf_name, offset, length))
+        if not ok:
             self.mismatches.append(f"{label}: read {human(length)} at {offset:#x} of {buf_name} returned "
-                                   f"{'no data' if not got else 'other data'} than was last written there")
-            return False
-        return True
+                                   f"{'no data' if not moved else 'other data'} than was last written there")
+        return ok
 
     def verify(self, which: str) -> list[str]:
         bad = []
@@ -178,7 +185,7 @@ class _Run:
             keys = [k for k in keys if k == (priv.provider.owner, priv.region_index)]
         for owner, bar in keys:
             for off, n in _merge(self.touched[(owner, bar)]):
-                if F.cpu_read(self.s, owner, bar, off, n) != self._expected(owner, bar, off, n):
+                if not F.bar_memory(self.s, owner, bar).same(off, self._shadow(owner, bar), off, n):
                     bad.append(f"{owner} BAR{bar} {off:#x}+{human(n)} does not hold what was last written")
         return bad
 
@@ -208,13 +215,13 @@ def _exec(r: _Run, step: Step) -> tuple[str, str, Any]:
     if op == "note":
         return "ok", a["text"], None
     if op == "fill":
-        data = pattern_bytes(a["pattern"], a["size"])
+        data = _pattern(a["pattern"], a["size"])
         bar = next((b for b in s.topo[a["device"]].bars if b.index == a["bar"] and b.is_mem), None)
         if bar is None or a["offset"] + a["size"] > bar.size:
             raise InputError(f"step {step.index}: {a['device']} has no memory BAR{a['bar']} holding "
                              f"{a['offset']:#x}+{a['size']:#x}")
-        F.cpu_write(s, a["device"], a["bar"], a["offset"], data)
-        r._remember(a["device"], a["bar"], a["offset"], data)
+        F.cpu_fill_pattern(s, a["device"], a["bar"], a["offset"], a["size"], a["pattern"])
+        r._remember(a["device"], a["bar"], a["offset"], data, 0, a["size"])
         return "ok", f"CPU writes {human(a['size'])} (pattern {a['pattern']}) at {a['offset']:#x} of " \
                      f"{dn(a['device'])} BAR{a['bar']}", None
     if op == "export":
@@ -239,7 +246,7 @@ def _exec(r: _Run, step: Step) -> tuple[str, str, Any]:
         return "ok", f"{a['name']}: {a['kind']} importer on {dn(a['device'])} maps {a['buffer']} ({via})", imp_id
     if op in ("dma", "start"):
         imp_id = r.imports[a["importer"]]
-        payload = pattern_bytes(a["pattern"], a["size"]) if a["write"] else None
+        payload = _pattern(a["pattern"], a["size"]) if a["write"] else None
         faults0 = len(F.state(s).faults)
         op_id = I.start_dma(s, imp_id, a["offset"], a["size"], write=a["write"], data=payload)
         verb = "writes" if a["write"] else "reads"
@@ -280,23 +287,23 @@ def _buf(r: _Run, name: str) -> int:
     return r.bufs[name]
 
 
-def _finish(r: _Run, op_id: int, imp_name: str, write: bool, offset: int, size: int, data: bytes | None,
+def _finish(r: _Run, op_id: int, imp_name: str, write: bool, offset: int, size: int, data: F.Memory | None,
             faults0: int) -> str:
     s = r.s
     before = dict(F.state(s).bytes_by_path)
-    got = I.finish_dma(s, op_id)
+    got, moved = I.finish_dma_sparse(s, op_id)
     faulted = len(F.state(s).faults) > faults0
-    moved = {p: F.state(s).bytes_by_path[p] - before.get(p, 0) for p in F.state(s).bytes_by_path}
-    via = ", ".join(f"{p} {human(n)}" for p, n in moved.items() if n) or "nothing moved"
+    by_path = {p: F.state(s).bytes_by_path[p] - before.get(p, 0) for p in F.state(s).bytes_by_path}
+    via = ", ".join(f"{p} {human(n)}" for p, n in by_path.items() if n) or "nothing moved"
     buf_name = r.buffer_of(imp_name)
     if faulted:
         return f": IOMMU fault, {via}"
     if write:
         assert data is not None
         for owner, bar, bo, po, n in r._segments(buf_name, offset, size):
-            r._remember(owner, bar, bo, data[po : po + n])
+            r._remember(owner, bar, bo, data, po, n)
         return f": {via}"
-    ok = r.check_read(f"{imp_name} DMA {op_id}", buf_name, offset, got, size)
+    ok = r.check_read(f"{imp_name} DMA {op_id}", buf_name, offset, got, moved, size)
     return f": {via}, " + ("data as last written" if ok else "DATA DIFFERS from what was last written")
 
 
