@@ -8,6 +8,7 @@ really works) and returns the serial console and every file the guest left under
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import lzma
 import os
@@ -15,20 +16,12 @@ import re
 import shutil
 import subprocess
 import tarfile
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 RELEASE_7_2 = "7.2.13+deb14-amd64"
-DEB_VERSION_7_2 = "7.2.13-1"
-SID_SOURCES = """Types: deb
-URIs: http://deb.debian.org/debian
-Suites: sid
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-"""
 OUT_BEGIN = "=====P2PDMA-OUT-BEGIN====="
 OUT_END = "=====P2PDMA-OUT-END====="
 BUSYBOX = Path("/bin/busybox")
@@ -59,74 +52,33 @@ def _run(cmd: Sequence[str], cwd: Path | None = None, timeout: float = 900) -> s
     return subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _apt_options(base: Path) -> list[str]:
-    """apt options for a private sid source list under `base`; the system's sources are never touched."""
-    parts = base / "apt-sid" / "parts"
-    lists = base / "apt-sid" / "lists"
-    (lists / "partial").mkdir(parents=True, exist_ok=True)
-    parts.mkdir(parents=True, exist_ok=True)
-    src = parts / "sid.sources"
-    if not src.exists():
-        src.write_text(SID_SOURCES)
-    return [
-        "-o", "Dir::Etc::SourceList=/dev/null",
-        "-o", f"Dir::Etc::SourceParts={parts}",
-        "-o", f"Dir::State::Lists={lists}",
-        "-o", "Dir::Cache=" + str(base / "apt-sid" / "cache"),
-        "-o", "Debug::NoLocking=1",
-    ]
-
-
-def _apt_download(packages: Sequence[str], dest: Path) -> None:
-    if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
-        raise Unavailable("apt-get/dpkg-deb not found: cannot fetch Debian kernel packages")
-    base = cache_dir()
-    opts = _apt_options(base)
-    dest.mkdir(parents=True, exist_ok=True)
-    lists = base / "apt-sid" / "lists"
-    if not any(lists.glob("*Packages*")):
-        r = _run(["apt-get", *opts, "update"], timeout=600)
-        if not any(lists.glob("*Packages*")):
-            raise Unavailable(f"apt-get update for Debian sid failed (network?): {r.stderr.strip()[-300:]}")
-    r = _run(["apt-get", *opts, "download", *packages], cwd=dest, timeout=900)
-    if r.returncode != 0:
-        # The lists may be stale (the version left sid): refresh once and retry.
-        _run(["apt-get", *opts, "update"], timeout=600)
-        r = _run(["apt-get", *opts, "download", *packages], cwd=dest, timeout=900)
-    if r.returncode != 0:
-        raise Unavailable(f"apt-get download {' '.join(packages)} failed: {r.stderr.strip()[-300:]}")
+SETUP_HINT = "run `bash .ci/kernel-setup` (as root) to install QEMU, busybox-static and Debian's kernel packages"
 
 
 def kernel_7_2() -> KernelAssets:
-    """Debian unstable's Linux 7.2.13 (CONFIG_PCI_P2PDMA=y), fetched and extracted once into cache_dir().
+    """Debian unstable's Linux 7.2.13 (CONFIG_PCI_P2PDMA=y) as .ci/kernel-setup extracted it into cache_dir().
 
-    linux-image-7.2.13+deb14-amd64 is a 1.9 KB meta package: the bzImage is in linux-binary-<release> (signed
-    source package) and the modules in linux-modules-<release>; those two are what is fetched.
+    linux-image-7.2.13+deb14-amd64 is a 1.9 KB meta package: the bzImage is in linux-binary-<release>, the
+    modules in linux-modules-<release>, the config in linux-base-<release>; the setup script fetches those.
     """
-    base = cache_dir()
-    root = base / f"linux-{RELEASE_7_2}"
-    vmlinuz = root / "usr" / "lib" / "modules" / RELEASE_7_2 / "vmlinuz"
+    root = cache_dir() / f"linux-{RELEASE_7_2}"
     modules = root / "usr" / "lib" / "modules" / RELEASE_7_2
-    done = root / ".extracted"
-    if not done.exists():
-        debs = base / "debs"
-        names = [f"linux-binary-{RELEASE_7_2}", f"linux-modules-{RELEASE_7_2}"]
-        wanted = [debs / f"{n}_{DEB_VERSION_7_2}_amd64.deb" for n in names]
-        missing = [n for n, w in zip(names, wanted, strict=True) if not w.exists()]
-        if missing:
-            _apt_download([f"{n}={DEB_VERSION_7_2}" for n in missing], debs)
-        tmp = Path(tempfile.mkdtemp(dir=base, prefix="extract-"))
-        for deb in wanted:
-            r = _run(["dpkg-deb", "-x", str(deb), str(tmp)])
-            if r.returncode != 0:
-                raise Unavailable(f"dpkg-deb -x {deb.name} failed: {r.stderr.strip()}")
-        if root.exists():
-            shutil.rmtree(root)
-        tmp.rename(root)
-        done.write_text(DEB_VERSION_7_2 + "\n")
-    if not vmlinuz.exists():
-        raise Unavailable(f"{vmlinuz} missing after extracting the Debian packages")
+    vmlinuz = modules / "vmlinuz"
+    if not (root / ".extracted").exists() or not vmlinuz.exists():
+        raise Unavailable(f"Debian's {RELEASE_7_2} kernel is not in {root}: {SETUP_HINT}")
     return KernelAssets(release=RELEASE_7_2, vmlinuz=vmlinuz, modules=modules)
+
+
+def kernel_6_1() -> tuple[str, Path]:
+    """Debian bookworm's 6.1 kernel as .ci/kernel-setup extracted it: (release, its config file)."""
+    marker = cache_dir() / "release-6.1"
+    if not marker.exists():
+        raise Unavailable(f"Debian's 6.1 kernel is not in {cache_dir()}: {SETUP_HINT}")
+    release = marker.read_text().strip()
+    config = cache_dir() / f"linux-{release}" / "boot" / f"config-{release}"
+    if not config.exists():
+        raise Unavailable(f"{config} missing: {SETUP_HINT}")
+    return release, config
 
 
 def qemu_binary() -> Path:
@@ -134,7 +86,7 @@ def qemu_binary() -> Path:
     env = os.environ.get("P2PDMA_QEMU")
     found = env or shutil.which("qemu-system-x86_64")
     if not found or not Path(found).exists():
-        raise Unavailable("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
+        raise Unavailable(f"qemu-system-x86_64 not found: {SETUP_HINT}")
     return Path(found)
 
 
@@ -234,7 +186,6 @@ export PATH=/bin:/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || mount -t tmpfs dev /dev
-mount -t configfs configfs /sys/kernel/config 2>/dev/null
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mkdir -p /out /tmp
@@ -244,7 +195,6 @@ echo "P2PDMA-INIT: up $(cat /proc/sys/kernel/osrelease)"
 
 INIT_TAIL = r"""
 echo "P2PDMA-INIT: script done"
-mount -t configfs configfs /sys/kernel/config 2>/dev/null
 dmesg > /out/dmesg.txt 2>/dev/null
 cd /out && tar czf /tmp/out.tar . 2>/dev/null
 echo "@BEGIN@"
@@ -268,9 +218,9 @@ def build_initramfs(
     `files` maps guest paths to host files or bytes. Whatever the script writes under /out comes back from boot().
     """
     if not BUSYBOX.exists():
-        raise Unavailable("/bin/busybox not found (apt-get install busybox-static)")
+        raise Unavailable(f"/bin/busybox not found: {SETUP_HINT}")
     if not _is_static(BUSYBOX):
-        raise Unavailable("/bin/busybox is not statically linked (apt-get install busybox-static)")
+        raise Unavailable(f"/bin/busybox is not statically linked: {SETUP_HINT}")
     entries: list[tuple[str, int, bytes]] = []
     dirs = {"bin", "sbin", "dev", "proc", "sys", "tmp", "out", "lib", "lib/modules", "etc", "root"}
     for d in sorted(dirs):
@@ -302,16 +252,31 @@ def build_initramfs(
         data = src if isinstance(src, bytes) else Path(src).read_bytes()
         mode = 0o100755 if (not isinstance(src, bytes) and os.access(src, os.X_OK)) else 0o100644
         entries.append((rel, mode, data))
-    script = INIT_HEAD + "\n".join(load) + "\n" + init + "\n" + INIT_TAIL
+    # configfs is a module in Debian's kernels: mounted once the modules are in.
+    mount_cfg = "mount -t configfs configfs /sys/kernel/config 2>/dev/null"
+    script = INIT_HEAD + "\n".join(load) + "\n" + mount_cfg + "\n" + init + "\n" + INIT_TAIL
     entries.append(("init", 0o100755, script.encode()))
     data = _cpio_newc(entries)
+    return _store(name, data)
+
+
+def _store(name: str, data: bytes) -> Path:
+    """`data` as cache_dir()/initramfs/NAME-<sha256 prefix>.cpio, written once (later runs find it)."""
     out = cache_dir() / "initramfs"
     out.mkdir(exist_ok=True)
-    path = out / f"{name}.cpio"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    path = out / f"{name}-{hashlib.sha256(data).hexdigest()[:16]}.cpio"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
     return path
+
+
+def with_files(base: Path, name: str, files: Mapping[str, bytes]) -> Path:
+    """`base` followed by a second newc archive holding `files` (guest path -> bytes, mode 0755): the kernel
+    unpacks concatenated archives in order, so one cached base image serves every machine."""
+    entries = [(guest.lstrip("/"), 0o100755, data) for guest, data in files.items()]
+    return _store(name, base.read_bytes() + _cpio_newc(entries))
 
 
 def _is_static(path: Path) -> bool:
@@ -346,31 +311,14 @@ class BootResult:
     console: str
     outputs: dict[str, bytes] = field(default_factory=dict)
     seconds: float = 0.0
+    archive: bytes = b""
 
-
-_KVM_OK: bool | None = None
-
-
-def kvm_works() -> bool:
-    """True when /dev/kvm really runs a guest (nested KVM often opens but fails); $P2PDMA_KVM=0 turns it off."""
-    global _KVM_OK
-    if os.environ.get("P2PDMA_KVM") == "0":
-        return False
-    if _KVM_OK is None:
-        _KVM_OK = False
-        if os.access("/dev/kvm", os.R_OK | os.W_OK):
-            try:
-                r = subprocess.run(
-                    [str(qemu_binary()), "-accel", "kvm", "-M", "none", "-nographic", "-S", "-monitor", "none",
-                     "-display", "none", "-serial", "none"],
-                    capture_output=True, text=True, timeout=5, check=False,
-                )
-                _KVM_OK = "failed" not in r.stderr.lower() and "error" not in r.stderr.lower()
-            except subprocess.TimeoutExpired:
-                _KVM_OK = True  # it started and waited (-S): KVM initialised
-            except OSError:
-                _KVM_OK = False
-    return _KVM_OK
+    def extract(self, dest: Path) -> Path:
+        """Unpack the guest's /out (links kept as links, nothing outside `dest`) and return `dest`."""
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(self.archive)) as tar:
+            tar.extractall(dest, filter="data")
+        return dest
 
 
 def boot(
@@ -383,10 +331,10 @@ def boot(
     """Boot `kernel` with `initramfs` under QEMU (-nographic, serial console captured, -no-reboot) and return the
     console and the guest's /out files (the init prints them as a base64 tar between markers, then powers off)."""
     qemu = qemu_binary()
-    accel = ["-accel", "kvm", "-cpu", "host"] if kvm_works() else ["-accel", "tcg"]
+    # TCG only: /dev/kvm exists on the CI machines but nested KVM fails there (a KVM probe once picked it and
+    # the guest hung), and TCG gives the same PCI topology, config space and kernel decisions.
+    accel = ["-accel", "tcg"]
     args = list(qemu_args)
-    if "-cpu" in args and accel[-2:] == ["-cpu", "host"]:
-        accel = accel[:2]
     cmdline = f"console=ttyS0 panic=-1 quiet loglevel=4 {append}".strip()
     cmd = [
         str(qemu), *accel, "-m", "1024", "-smp", "1", "-nographic", "-no-reboot", "-nodefaults",
@@ -415,6 +363,7 @@ def boot(
                     if f is not None:
                         outputs[m.name.removeprefix("./")] = f.read()
         console = console.split(OUT_BEGIN, 1)[0] + console.split(OUT_END, 1)[1]
+        archive = raw
     else:
         raise AssertionError(f"guest wrote no /out archive; console tail:\n{console[-3000:]}\nqemu: {err[-1000:]}")
-    return BootResult(console=console, outputs=outputs, seconds=seconds)
+    return BootResult(console=console, outputs=outputs, seconds=seconds, archive=archive)
