@@ -230,3 +230,40 @@ def test_start_up_loads_neither_numpy_nor_the_model(argv: list[str]) -> None:
             "print(repr(bad), file=sys.stderr)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0 and r.stderr.strip().splitlines()[-1] == "[]", r.stderr[-500:]
+
+
+class _Tty:
+    def __init__(self) -> None:
+        self.text = ""
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.text += s
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_one_progress_line_with_an_eta_cleared_at_the_end() -> None:
+    from p2pdma.cli.common import Progress
+
+    tty = _Tty()
+    bar = Progress("rows", stream=tty)  # type: ignore[arg-type]
+    assert bar.line(50, 100, bar.start + 5.0).endswith("50/100 rows, 10/s, ETA 5 s")
+    assert bar.line(7, None, bar.start + 2.0) == "7 rows, 4/s, 2 s"
+    bar.update(10, 100)
+    assert tty.text.startswith("\r\x1b[K[") and "10/100 rows" in tty.text
+    bar.update(100, 100)
+    assert tty.text.endswith("\r\x1b[K")  # nothing left on the terminal
+    quiet = _Tty()
+    small = Progress("rows", stream=quiet, min_total=4096)  # type: ignore[arg-type]
+    small.update(10, 100)
+    assert quiet.text == ""
+    import io
+
+    piped = Progress("rows", stream=io.StringIO())
+    piped.update(1, 10)
+    assert not piped.drawn

@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING, Any
 from p2pdma.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from p2pdma.check.explore import Result
+    from p2pdma.cli.common import Progress
 
 CHECK_LIST_SCHEMA = "p2pdma.check-list/1"
 
@@ -52,10 +55,16 @@ def render(r: Result) -> str:
     return "\n".join(lines)
 
 
-def stderr_progress(states: int, depth: int, seconds: float) -> None:
-    """A progress line on stderr for long runs."""
-    print(f"\rchecking: {states} states, depth {depth}, {states / max(seconds, 1e-9):,.0f} states/s",
-          end="", file=sys.stderr, flush=True)
+def stderr_progress(max_states: int) -> tuple[Callable[[int, int, float], None], Progress]:
+    """check()'s progress callback for long runs: one common.Progress line, --max-states the total."""
+    from p2pdma.cli.common import Progress
+
+    bar = Progress("states")
+
+    def draw(states: int, depth: int, seconds: float) -> None:
+        bar.update(states, max_states, f", depth {depth}")
+
+    return draw, bar
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,11 +98,11 @@ def run(args: argparse.Namespace) -> int:
         spec = spec.with_importers(args.importers)
     if args.max_states < 1 or args.max_depth < 1:
         raise InputError("--max-states and --max-depth must be positive")
-    progress = stderr_progress if sys.stderr.isatty() and not args.json else None
+    draw, bar = stderr_progress(args.max_states)
+    progress = draw if sys.stderr.isatty() and not args.json else None
     r = check(spec, max_states=args.max_states, max_depth=args.max_depth, symmetry=not args.no_symmetry,
               progress=progress)
-    if progress is not None:
-        print(file=sys.stderr)
+    bar.clear()
     if args.json:
         from p2pdma.report.documents import stamp
 

@@ -8,7 +8,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -326,11 +326,58 @@ def counts_line(counts: dict[str, int]) -> str:
     return f"pairs: {kinds}; uncertain {counts['uncertain']}; of {counts['pairs']} distinct ordered pairs"
 
 
-def matrix_progress(done: int, total: int) -> None:
-    """A row counter on stderr for big matrices, drawn only on a terminal."""
-    if total < 4096 or not sys.stderr.isatty():
-        return
-    width = 30
-    filled = width * done // total
-    end = "\n" if done == total else ""
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} rows", end=end, file=sys.stderr)
+class Progress:
+    """One progress line on stderr for matrix, fleet and check: a bar when the total is known, a count
+    otherwise, the rate and an ETA; drawn only on a terminal, at most ten times a second, and cleared
+    (not left behind) when done."""
+
+    def __init__(self, unit: str, stream: TextIO | None = None, min_total: int = 0) -> None:
+        import time
+
+        self.unit, self.stream, self.min_total = unit, stream if stream is not None else sys.stderr, min_total
+        self.start = self.last = time.monotonic()
+        try:
+            self.on = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.on = False
+        self.drawn = False
+
+    def line(self, done: int, total: int | None, now: float) -> str:
+        """The text of the line at ``now`` (monotonic seconds)."""
+        spent = max(now - self.start, 1e-9)
+        rate = done / spent
+        if total:
+            width = 24
+            filled = width * min(done, total) // total
+            eta = (total - done) / rate if rate > 0 else 0.0
+            return (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {self.unit}, "
+                    f"{rate:,.0f}/s, ETA {eta:.0f} s")
+        return f"{done:,} {self.unit}, {rate:,.0f}/s, {spent:.0f} s"
+
+    def update(self, done: int, total: int | None = None, extra: str = "") -> None:
+        """Draw ``done`` of ``total`` (None: unknown); clears itself when ``done == total``."""
+        import time
+
+        if not self.on or (total is not None and total < self.min_total):
+            return
+        now = time.monotonic()
+        if total is not None and done >= total:
+            self.clear()
+            return
+        if self.drawn and now - self.last < 0.1:
+            return
+        self.last, self.drawn = now, True
+        self.stream.write("\r\x1b[K" + self.line(done, total, now) + extra)
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the line (nothing is left on the terminal)."""
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.drawn = False
+
+
+def matrix_progress() -> Callable[[int, int], None]:
+    """A compute_matrix() row callback drawing one Progress line, for matrices of 4096 rows and more."""
+    return Progress("rows", min_total=4096).update

@@ -49,7 +49,7 @@ def matrix_document(topo: Topology, profile: str, include_bridges: bool = False)
     """The ``p2pdma.matrix/1`` document for a machine."""
     from p2pdma.p2p.matrix import compute_matrix
 
-    mat = compute_matrix(topo, profile, include_bridges=include_bridges, progress=matrix_progress)
+    mat = compute_matrix(topo, profile, include_bridges=include_bridges, progress=matrix_progress())
     devs = [topo[b] for b in mat.bdfs]
     n = len(mat.bdfs)
     pairs = [mat.verdict(i, j).to_json() for i in range(n) for j in range(n)]
@@ -68,7 +68,7 @@ def write_matrix_json(topo: Topology, profile: str, include_bridges: bool, out: 
     without holding every pair in memory."""
     from p2pdma.p2p.matrix import compute_matrix
 
-    mat = compute_matrix(topo, profile, include_bridges=include_bridges, progress=matrix_progress)
+    mat = compute_matrix(topo, profile, include_bridges=include_bridges, progress=matrix_progress())
     head = {"schema": MATRIX_SCHEMA, "kernel": profile, "machine": topo.name,
             "devices": [device_json(topo[b]) for b in mat.bdfs]}
     out.write(json.dumps(head)[:-1] + ', "pairs": [')
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     from p2pdma.p2p.matrix import compute_matrix
 
     sel = select(args, topo, include_bridges=args.all)
-    mat = compute_matrix(topo, args.kernel, select=sel.bdfs, progress=matrix_progress)
+    mat = compute_matrix(topo, args.kernel, select=sel.bdfs, progress=matrix_progress())
     if args.json:
         from p2pdma.report.documents import matrix_document_v2
 
