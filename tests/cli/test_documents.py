@@ -180,6 +180,13 @@ def test_fix_examples_and_lists_validate(capsys: pytest.CaptureFixture[str]) -> 
     sims = doc_of(capsys, "simulate", "--list", "--json")
     check(sims)
     assert [s["name"] for s in sims["scenarios"] if s["default"]] == ["seed-story"]
+    checked = doc_of(capsys, "check", "dmabuf-revoke", "--max-states", "200", "--json")
+    check(checked)
+    assert checked["tool_version"] and checked["states"] == 200 and checked["complete"] is False
+    code, out, _ = run(capsys, "simulate", "--json")
+    simulated = json.loads(out)
+    check(simulated)
+    assert simulated["tool_version"] and simulated["steps"]
 
 
 def test_v2_reasons_are_shared_on_the_137_function_tree(shared_hwloc: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -189,6 +189,8 @@ def test_wrapping_never_cuts_a_token() -> None:
     assert all(len(x) <= 40 or " " not in x.strip() for x in got)
     assert "pci=config_acs=xx100x1@0000:02:00.0;xx100x1@0000:02:01.0" in [x.strip() for x in got]
     assert " ".join(x.strip() for x in got) == line and got[1].startswith("      ")
+    assert wrap_line("aaaa  bbbb", 9) == ["aaaa", "    bbbb"]  # the two spaces count
+    assert wrap_line("  " + "a" * 20 + "  " + "b" * 10, 30, hang=6) == ["  " + "a" * 20, "      " + "b" * 10]
     assert Term(colour=False, width=None).wrap(line) == line  # piped: as is
     assert Term(colour=True).paint("B4", "B") == "\x1b[32mB4\x1b[0m" and Term().paint("B4", "B") == "B4"
 

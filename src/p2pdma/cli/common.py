@@ -233,13 +233,14 @@ def visible_len(text: str) -> int:
     return len(_ANSI_RE.sub("", text))
 
 
-def wrap_line(line: str, width: int) -> list[str]:
-    """``line`` cut at spaces into pieces of at most ``width`` columns, continuation lines indented four
-    more than the line's own indent; a token longer than the width stays whole on its own line."""
+def wrap_line(line: str, width: int, hang: int | None = None) -> list[str]:
+    """``line`` cut at spaces into pieces of at most ``width`` columns, continuation lines indented by
+    ``hang`` (at most the width less 24; default: four more than the line's own indent, at most half the
+    width); a token longer than the width stays whole on its own line."""
     if visible_len(line) <= width:
         return [line]
     indent = len(line) - len(line.lstrip(" "))
-    cont = " " * min(indent + 4, max(0, width // 2))
+    cont = " " * (min(indent + 4, max(0, width // 2)) if hang is None else min(hang, max(0, width - 24)))
     out: list[str] = []
     cur = line[:indent]
     start = True
@@ -248,7 +249,7 @@ def wrap_line(line: str, width: int) -> list[str]:
             if not start:
                 cur += word
             continue
-        if not start and visible_len(cur.rstrip() + " " + word) > width:
+        if not start and visible_len(cur + word) > width:
             out.append(cur.rstrip())
             cur = cont
             start = True
@@ -293,8 +294,9 @@ def describe(d: Device) -> str:
     return "  ".join(parts)
 
 
-def device_table(topo: Topology, bdfs: Sequence[str], label: dict[str, str]) -> list[str]:
-    """One aligned line per function: label, short BDF, NUMA, local CPUs, OS names, driver, description."""
+def device_table(topo: Topology, bdfs: Sequence[str], label: dict[str, str], width: int | None = None) -> list[str]:
+    """One aligned line per function: label, short BDF, NUMA, local CPUs, OS names, driver, description;
+    with ``width``, longer lines wrap with the description continued under its column."""
     from p2pdma.pci.names import short_bdf
 
     rows = [
@@ -308,7 +310,11 @@ def device_table(topo: Topology, bdfs: Sequence[str], label: dict[str, str]) -> 
     def fmt(r: list[str]) -> str:
         return ("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]).rstrip()
 
-    return [fmt(head), *(fmt(r) for r in rows)]
+    lines = [fmt(head), *(fmt(r) for r in rows)]
+    if width is None:
+        return lines
+    hang = 2 + sum(w + 2 for w in widths)  # continuation lines start under the device column
+    return [x for line in lines for x in wrap_line(line, width, hang)]
 
 
 def name_of(topo: Topology, bdf: str, label: dict[str, str] | None = None) -> str:

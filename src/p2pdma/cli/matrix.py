@@ -127,11 +127,12 @@ def render_matrix(mat: Matrix, sel: Selection, term: Term, total: int) -> str:
     n = len(mat.bdfs)
     label = labels(topo)
     shown = f"{n} of {total}" if n != total else f"{n}"
-    lines = [term.paint(f"machine: {topo.name}   kernel rules: {mat.profile}   functions: {shown}", "bold")]
+    lines = [term.paint(x, "bold") for x in
+             term.wrap(f"machine: {topo.name}   kernel rules: {mat.profile}   functions: {shown}").split("\n")]
     summary = sel.summary(topo)
     if summary:
         lines.append(summary)
-    lines.extend(device_table(topo, mat.bdfs, label))
+    lines.extend(device_table(topo, mat.bdfs, label, term.width))
     if n > MAX_TABLE_COLUMNS:
         lines.append(f"{n} functions: too many columns for a table; use --json or --csv for every pair.")
     elif n > 1:

@@ -9,7 +9,7 @@ from typing import Any
 
 DOCUMENTS = (
     "p2pdma.matrix/1", "p2pdma.matrix/2", "p2pdma.explain/1", "p2pdma.fix/1", "p2pdma.topo/1",
-    "p2pdma.examples/1", "p2pdma.check-list/1", "p2pdma.simulate-list/1",
+    "p2pdma.examples/1", "p2pdma.check-list/1", "p2pdma.simulate-list/1", "p2pdma.check/1", "p2pdma.simulate/1",
 )
 
 
