@@ -29,49 +29,55 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def kernel72() -> qemu.KernelAssets:
-    try:
-        qemu.qemu_binary()
-        return qemu.kernel_7_2()
-    except qemu.Unavailable as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="session")
-def base72(kernel72: qemu.KernelAssets) -> Path:
-    try:
-        return machines.base_initramfs(kernel72)
-    except qemu.Unavailable as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="session")
 def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("kernel-machines")
 
 
-@pytest.fixture(scope="session")
-def boot_machine(kernel72: qemu.KernelAssets, base72: Path, work_dir: Path):  # type: ignore[no-untyped-def]
-    """boot_machine(machine) -> MachineRun: each machine boots once per session."""
+_BASES: dict[str, tuple[qemu.KernelAssets, Path] | str] = {}
 
-    def get(m: machines.Machine) -> machines.MachineRun:
-        if m.name not in _RUNS:
+
+def _kernel(k: machines.KernelUnderTest) -> tuple[qemu.KernelAssets, Path]:
+    """The kernel and its base initramfs, made once per session; skips (every time) when unavailable."""
+    if k.name not in _BASES:
+        try:
+            qemu.qemu_binary()
+            assets = k.assets()
+            _BASES[k.name] = (assets, machines.base_initramfs(assets, k.modules))
+        except qemu.Unavailable as e:
+            _BASES[k.name] = str(e)
+    got = _BASES[k.name]
+    if isinstance(got, str):
+        pytest.skip(got)
+    return got
+
+
+@pytest.fixture(scope="session")
+def boot_machine(work_dir: Path):  # type: ignore[no-untyped-def]
+    """boot_machine(kernel, machine) -> MachineRun: each machine boots once per kernel per session."""
+
+    def get(k: machines.KernelUnderTest, m: machines.Machine) -> machines.MachineRun:
+        key = f"{k.name}/{m.name}"
+        if key not in _RUNS:
+            assets, base = _kernel(k)
             t = time.monotonic()
-            _RUNS[m.name] = machines.run_machine(kernel72, base72, m, work_dir)
-            _STATS[m.name] = time.monotonic() - t
-        return _RUNS[m.name]
+            _RUNS[key] = machines.run_machine(assets, base, m, work_dir / k.name)
+            _STATS[key] = time.monotonic() - t
+        return _RUNS[key]
 
     return get
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
-    if not _RUNS:
-        return
-    names = sorted(_RUNS)
-    pairs = sum(int(_STATS.get(f"{n}:pairs", 0)) for n in names)
-    matched = sum(int(_STATS.get(f"{n}:matched", 0)) for n in names)
-    boots = [_RUNS[n].result.seconds for n in names]
-    terminalreporter.write_line(
-        f"kernel conformance ({qemu.RELEASE_7_2}, QEMU TCG): {len(names)} machines, {pairs} pairs compared,"
-        f" {matched} matched; boots {min(boots):.1f}-{max(boots):.1f} s, {sum(boots):.0f} s in all"
-    )
+    for k in machines.KERNELS:
+        names = sorted(n for n in _RUNS if n.startswith(k.name + "/"))
+        if not names:
+            continue
+        pairs = sum(int(_STATS.get(f"{n}:pairs", 0)) for n in names)
+        matched = sum(int(_STATS.get(f"{n}:matched", 0)) for n in names)
+        boots = [_RUNS[n].result.seconds for n in names]
+        got = _BASES.get(k.name)
+        release = got[0].release if isinstance(got, tuple) else k.name
+        terminalreporter.write_line(
+            f"kernel conformance ({release}, QEMU TCG): {len(names)} machines booted, {pairs} pairs compared,"
+            f" {matched} matched; boots {min(boots):.1f}-{max(boots):.1f} s, {sum(boots):.0f} s in all"
+        )

@@ -7,8 +7,9 @@ enabled, ``nvmet_p2pmem_ns_enable()`` (drivers/nvme/target/core.c, 7.2) -> ``pci
 nvmet_ns_dev(ns), true)`` -> ``pci_p2pdma_distance_many()`` -> ``calc_map_type_and_dist(provider, client, &dist,
 verbose=true)`` (drivers/pci/p2pdma.c, 7.2), where the client is the NVMe controller behind the namespace's block
 device. A kretprobe on ``calc_map_type_and_dist`` (its own symbol in Debian's 7.2.13) records the map type and, with
-``$arg3`` at return (kernels >= 6.10), the distance it wrote; the verbose warnings land in dmesg; enable fails with
-EINVAL when the kernel says NOT_SUPPORTED. The provider must publish p2pmem: a QEMU NVMe with a CMB
+``$arg3`` at return (kernels >= 6.10), the distance it wrote; one on ``pci_p2pdma_distance_many`` its total
+(-1 when refused), which is all a 6.1 kernel shows of the distance. The verbose warnings land in dmesg; enable
+fails with EINVAL when the kernel says NOT_SUPPORTED. The provider must publish p2pmem: a QEMU NVMe with a CMB
 (``cmb_size_mb``), which the nvme driver registers with pci_p2pdma_add_resource() and publishes (WDS and RDS set).
 """
 
@@ -99,7 +100,9 @@ PROBE = r"""
 T=/sys/kernel/tracing
 echo 'r:p2pmap calc_map_type_and_dist map=$retval:s32 dist=+0($arg3):s32' >> $T/kprobe_events 2>/dev/null || \
   echo 'r:p2pmap calc_map_type_and_dist map=$retval:s32' >> $T/kprobe_events
+echo 'r:p2pdist pci_p2pdma_distance_many dist=$retval:s32' >> $T/kprobe_events
 echo 1 > $T/events/kprobes/p2pmap/enable
+echo 1 > $T/events/kprobes/p2pdist/enable
 N=0
 probe() {
   N=$((N + 1))
@@ -133,11 +136,13 @@ class KernelAnswer:
     p2pmem_rc: int
     enable_rc: int
     map_types: tuple[int, ...]  # one per calc_map_type_and_dist() return seen (enum pci_p2pdma_map_type)
-    distances: tuple[int, ...]
+    distances: tuple[int, ...]  # what it wrote to *dist (read at return: kernels >= 6.10 only)
+    totals: tuple[int, ...]  # pci_p2pdma_distance_many() returns: the distance, or -1 when NOT_SUPPORTED
     dmesg: tuple[str, ...]  # the lines the enable printed, timestamps removed
 
 
 _TRACE = re.compile(r"p2pmap: \(.*?\) map=(-?\d+)(?: dist=(-?\d+))?")
+_TOTAL = re.compile(r"p2pdist: \(.*?\) dist=(-?\d+)")
 _STAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 
 
@@ -152,6 +157,7 @@ def parse_answers(outputs: dict[str, bytes]) -> list[KernelAnswer]:
         answers.append(KernelAnswer(
             capture=cap, provider=prov, client=client, namespace=ns, p2pmem_rc=int(prc), enable_rc=int(erc),
             map_types=tuple(int(m) for m, _ in hits), distances=tuple(int(d) for _, d in hits if d != ""),
+            totals=tuple(int(t) for t in _TOTAL.findall(trace)),
             dmesg=tuple(dmesg),
         ))
     return answers

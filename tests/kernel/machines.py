@@ -12,12 +12,31 @@ from __future__ import annotations
 
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.kernel import guest, qemu
 
 MODULES = ("nvme_core multipath=N", "nvme", "configfs", "nvmet")
+
+
+@dataclass(frozen=True)
+class KernelUnderTest:
+    """One kernel the suite boots: how to get it, its modules, the profile --kernel auto must pick for it."""
+
+    name: str
+    assets: Callable[[], qemu.KernelAssets]
+    modules: tuple[str, ...]
+    profile: str
+    reads_dist: bool  # $arg3 at kretprobe return (>= 6.10): the distance even when NOT_SUPPORTED
+
+
+KERNELS: tuple[KernelUnderTest, ...] = (
+    KernelUnderTest("7.2", qemu.kernel_7_2, MODULES, "7.2", True),
+    # Debian's 7.2 config with NVME_MULTIPATH=y needs nvme_core multipath=N; the 6.1 build has it off.
+    KernelUnderTest("6.1", qemu.kernel_6_1_p2pdma, (), "6.1", False),
+)
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,14 @@ MACHINES: tuple[Machine, ...] = (
          "xio3130-downstream,id=dn1,bus=up1,chassis=11,slot=0", "xio3130-downstream,id=dn2,bus=up1,chassis=12,slot=1"),
         (Nvme("a", "dn1"), Nvme("b", "dn2")),
         ("capture root", "probe a b BUS_ADDR", "probe b a BUS_ADDR", "probe a a BUS_ADDR"),
+    ),
+    Machine(
+        "switch-iommu", "the switch with intel_iommu=on: RR|CR on the root port, above the common upstream port",
+        (_rp(1), "x3130-upstream,id=up1,bus=rp1",
+         "xio3130-downstream,id=dn1,bus=up1,chassis=11,slot=0", "xio3130-downstream,id=dn2,bus=up1,chassis=12,slot=1"),
+        (Nvme("a", "dn1"), Nvme("b", "dn2")),
+        ("capture root", "probe a b BUS_ADDR"),
+        append="intel_iommu=on", first=("intel-iommu,intremap=off",),
     ),
     Machine(
         "nested-switch", "a switch below a switch: a on the outer switch, b two levels down",
@@ -183,7 +210,7 @@ class MachineRun:
         return out
 
 
-RUNS: dict[str, MachineRun] = {}  # this session's boots, by machine name (conftest's boot_machine)
+RUNS: dict[str, MachineRun] = {}  # this session's boots, by "kernel/machine" (conftest's boot_machine)
 STATS: dict[str, float] = {}  # boot wall times and the pairs/matches the verdict test counted, for the summary
 
 
@@ -197,15 +224,16 @@ def run_machine(kernel: qemu.KernelAssets, base: Path, m: Machine, work: Path) -
     """Boot `m` under `kernel` with the shared base initramfs plus this machine's script; unpack /out."""
     image = qemu.with_files(base, f"{m.name}", {"/steps.sh": m.script().encode()})
     append = f"{m.append}".strip()
+    work.mkdir(parents=True, exist_ok=True)
     result = qemu.boot(kernel, image, m.qemu_args(work), append=append, timeout=420)
     root = result.extract(work / m.name)
     return MachineRun(m, result, root, guest.parse_answers(result.outputs))
 
 
-def base_initramfs(kernel: qemu.KernelAssets) -> Path:
-    """The image every machine shares: busybox, nvme + nvmet modules (nvme_core.multipath=N, so a namespace's
-    parent is its PCI controller), and an init that runs /steps.sh."""
-    return qemu.build_initramfs(f"p2p-{kernel.release}", ". /steps.sh", modules=MODULES, kernel=kernel)
+def base_initramfs(kernel: qemu.KernelAssets, modules: tuple[str, ...] = MODULES) -> Path:
+    """The image every machine shares: busybox, the nvme + nvmet modules where they are modules (with
+    nvme_core.multipath=N, so a namespace's parent is its PCI controller), and an init that runs /steps.sh."""
+    return qemu.build_initramfs(f"p2p-{kernel.release}", ". /steps.sh", modules=modules, kernel=kernel)
 
 
 P2PDMA_LINE = re.compile(

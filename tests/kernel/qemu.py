@@ -69,6 +69,18 @@ def kernel_7_2() -> KernelAssets:
     return KernelAssets(release=RELEASE_7_2, vmlinuz=vmlinuz, modules=modules)
 
 
+def kernel_6_1_p2pdma() -> KernelAssets:
+    """Linux 6.1 built by `.ci/kernel-setup --build-6.1` from Debian's linux-source-6.1 with CONFIG_PCI_P2PDMA=y
+    and everything the machines need built in (no modules)."""
+    root = cache_dir() / "linux-6.1-p2pdma"
+    if not (root / "bzImage").exists() or not (root / "release").exists():
+        raise Unavailable(
+            f"no Linux 6.1 with CONFIG_PCI_P2PDMA in {root} (Debian's 6.1 image is built without it): run"
+            " `bash .ci/kernel-setup --build-6.1`"
+        )
+    return KernelAssets(release=(root / "release").read_text().strip(), vmlinuz=root / "bzImage", modules=root)
+
+
 def kernel_6_1() -> tuple[str, Path]:
     """Debian bookworm's 6.1 kernel as .ci/kernel-setup extracted it: (release, its config file)."""
     marker = cache_dir() / "release-6.1"
