@@ -54,7 +54,8 @@ def test_a_filter_keeping_one_function_shows_every_one() -> None:
     topo = examples.load("spr-dsa-hostbridge")
     assert sum(names.is_peer_device(d) for d in topo.endpoints) < 2
     sel = names.select_devices(topo)
-    assert len(sel.bdfs) == len(topo.endpoints) and sel.summary(topo) is None
+    assert len(sel.bdfs) == len(topo.endpoints) and sel.fallback and not sel.hidden
+    assert sel.summary(topo) == "fewer than two GPUs, NICs, NVMe or accelerators here: every function is shown"
 
 
 def test_every_name_form_resolves(shared_hwloc: Path) -> None:
@@ -269,3 +270,11 @@ def test_one_progress_line_with_an_eta_cleared_at_the_end() -> None:
     piped = Progress("rows", stream=io.StringIO())
     piped.update(1, 10)
     assert not piped.drawn
+
+
+def test_explain_colours_the_map_type_on_a_terminal_only(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["explain", "GPU0", "GPU1", "--example", "acs-redirect"]
+    out = _pty_run(argv, _env(TERM="xterm"), cols=100)
+    assert "map type: \x1b[33mTHRU_HOST_BRIDGE\x1b[0m" in out
+    code, plain, _ = run(capsys, *argv)
+    assert code == 0 and "map type: THRU_HOST_BRIDGE   distance: 4" in plain and "\x1b[" not in plain

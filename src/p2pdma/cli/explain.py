@@ -55,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         from p2pdma.report import text
 
+        term = terminal()
         lines = [f"{name_of(topo, p.bdf)}  ->  {name_of(topo, c.bdf)}", numa_line(p, c),
                  text.render_explain(topo, v), *(f"note: {n}" for n in notes)]
-        print(terminal().wrap("\n".join(lines)))
+        out = term.wrap("\n".join(lines))
+        mt = v.map_type.name
+        print(out.replace(f"map type: {mt}", f"map type: {term.paint(mt, text.CELL[v.map_type])}", 1))
     return 0

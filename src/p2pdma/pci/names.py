@@ -127,9 +127,13 @@ class Selection:
     bdfs: tuple[str, ...]
     hidden: tuple[str, ...] = ()
     filtered: bool = False  # True when the default filter applied (the summary then names --all-functions)
+    fallback: bool = False  # True when the default filter kept fewer than two and every function is shown
 
     def summary(self, topo: Topology) -> str | None:
-        """``"41 functions hidden: 30 uncore, 8 chipset, 3 bridges; --all-functions shows them"`` or None."""
+        """``"41 functions hidden: 30 uncore, 8 chipset, 3 bridges; --all-functions shows them"``, the
+        fallback's note, or None."""
+        if self.fallback:
+            return "fewer than two GPUs, NICs, NVMe or accelerators here: every function is shown"
         if not self.hidden:
             return None
         return hidden_summary(topo, self.hidden, hint=self.filtered)
@@ -205,7 +209,7 @@ def select_devices(
         return Selection(tuple(d.bdf for d in candidates))
     keep = [d.bdf for d in candidates if is_peer_device(d)]
     if len(keep) < 2:
-        return Selection(tuple(d.bdf for d in candidates))
+        return Selection(tuple(d.bdf for d in candidates), fallback=True)
     kept = set(keep)
     return Selection(tuple(keep), tuple(d.bdf for d in candidates if d.bdf not in kept), filtered=True)
 
