@@ -160,7 +160,7 @@ def iter_dask(
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,  # Dask's own close-time tracebacks stay off stderr
                 local_directory=scratch,
             )
             client = dist.Client(cluster)
