@@ -181,3 +181,17 @@ def test_capture_to_dev_full_is_one_line(tmp_path: Path, capsys: pytest.CaptureF
     code, err = run(["capture", "--root", str(_sysfs_root(tmp_path)), "--force", "/dev/full"], capsys)
     one_line_exit_2(code, err)
     assert os.path.exists("/dev/full") and "not a regular file" in err
+
+
+@pytest.mark.parametrize("argv", [["matrix"], ["matrix", "--json"], ["matrix", "--json", "--schema", "1"],
+                                  ["matrix", "--csv"], ["fix", "--all-pairs"]])
+def test_views_past_max_functions_are_refused_with_the_limit_named(argv: list[str],
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run([*argv, "--example", "gpu8-switches", "--max-functions", "4"], capsys)
+    one_line_exit_2(code, err)
+    assert "more than --max-functions 4" in err and "raise --max-functions" in err
+    assert main([*argv, "--example", "gpu8-switches", "--max-functions", "1000"]) == 0
+    assert capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # argparse's usage error
+        main([*argv, "--example", "gpu8-switches", "--max-functions", "0"])
+    assert exc.value.code == 2 and "at least 1" in capsys.readouterr().err

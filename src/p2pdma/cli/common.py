@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from p2pdma.errors import InputError
+
 if TYPE_CHECKING:
     from p2pdma.pci.names import Selection
     from p2pdma.pci.topology import Device, Topology
@@ -165,19 +167,48 @@ def add_view_args(p: argparse.ArgumentParser, devices: bool = True) -> None:
     if devices:
         g.add_argument("--devices", metavar="NAME[,NAME]",
                        help="only these functions (alias GPU0, dN, BDF 3:0.0 or 0000:03:00.0, OS name mlx5_0)")
+    g.add_argument("--max-functions", type=_positive, default=MAX_FUNCTIONS, metavar="N",
+                   help=f"refuse more than N functions in view (default {MAX_FUNCTIONS}: N*N pairs must finish "
+                        "in a minute or two and stay under 1 GiB)")
+
+
+# Functions in view past which a pair matrix is refused: 1,000 endpoints take ~25-45 s as JSON and
+# ~0.6 GB as p2pdma.matrix/2 here; 3,000 took over 5 minutes and 4.8 GB.
+MAX_FUNCTIONS = 1024
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {n}")
+    return n
+
+
+def check_size(args: argparse.Namespace, n: int) -> None:
+    """Refuse a view of ``n`` functions above ``--max-functions``, naming the limit and how to raise it."""
+    limit = getattr(args, "max_functions", MAX_FUNCTIONS)
+    if n > limit:
+        raise InputError(f"{n} functions in view: more than --max-functions {limit} ({n * n:,} pairs would not "
+                         "finish in a minute or two); pick some with --class or --devices, or raise --max-functions")
 
 
 def select(args: argparse.Namespace, topo: Topology, include_bridges: bool = False) -> Selection:
-    """The functions the view options pick (names.select_devices())."""
+    """The functions the view options pick (names.select_devices()), within ``--max-functions``."""
     from p2pdma.pci.names import select_devices
 
-    return select_devices(
+    sel = select_devices(
         topo,
         all_functions=bool(getattr(args, "all_functions", False)) or include_bridges,
         include_bridges=include_bridges,
         classes=getattr(args, "classes", None),
         devices=picked if isinstance(picked := getattr(args, "devices", None), str) else None,
     )
+    check_size(args, len(sel.bdfs))
+    return sel
 
 
 # --- the terminal --------------------------------------------------------------------------------------

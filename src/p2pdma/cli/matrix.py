@@ -12,6 +12,7 @@ from p2pdma.cli.common import (
     Term,
     add_source_args,
     add_view_args,
+    check_size,
     counts_line,
     device_json,
     device_table,
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     topo = load_topology(args)
     warn(topo)
     if args.json and args.schema == "1":
+        check_size(args, len(topo.devices) if args.all else len(topo.endpoints))
         write_matrix_json(topo, args.kernel, args.all, sys.stdout)
         return 0
     from p2pdma.p2p.matrix import compute_matrix
