@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from p2pdma import __version__
-from p2pdma.cli import capture, check, examples, explain, fix, fleet, matrix, report, simulate, topo
+from p2pdma.cli import capture, check, completion, examples, explain, fix, fleet, matrix, report, simulate, topo
 from p2pdma.errors import P2pdmaError
 
 # The commands, in the order --help lists them.
-COMMAND_MODULES = (topo, matrix, explain, examples, report, capture, fleet, simulate, check, fix)
+COMMAND_MODULES = (topo, matrix, explain, examples, report, capture, fleet, simulate, check, fix, completion)
 
 
 class _Parser(argparse.ArgumentParser):
