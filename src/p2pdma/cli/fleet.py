@@ -56,7 +56,7 @@ def _kernel_help() -> str:
 
 def add_parser(sub: Any) -> None:
     """Register ``fleet``."""
-    from p2pdma.p2p.decide import DEFAULT_PROFILE, KERNEL_PROFILES
+    from p2pdma.p2p.kernels import ALIASES, NEWEST_MAINLINE, PROFILES  # not decide: --help stays light
 
     f = sub.add_parser("fleet", help="analyse many captures: per machine, topology groups, outliers, causes")
     f.add_argument("captures", metavar="DIR_OR_GLOB", help="a directory of captures / hwloc XML files, or a glob")
@@ -65,7 +65,7 @@ def add_parser(sub: Any) -> None:
                         " or --scheduler), serial")
     f.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: CPU count)")
     f.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler (tcp://host:8786); implies dask")
-    f.add_argument("--kernel", choices=KERNEL_PROFILES, default=DEFAULT_PROFILE, help=_kernel_help())
+    f.add_argument("--kernel", choices=(*PROFILES, *ALIASES), default=NEWEST_MAINLINE, help=_kernel_help())
     f.add_argument("--json", action="store_true", help="print one p2pdma.fleet/1 JSON document")
     f.add_argument("--out", metavar="FILE.jsonl",
                    help="also write one p2pdma.fleet-machine/1 JSON line per machine (sorted by name)")
