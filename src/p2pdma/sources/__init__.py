@@ -80,10 +80,13 @@ def _open_root(value: str | os.PathLike[str] | None) -> Topology:
     """A sysfs root: ``None`` is the live ``/``; a directory is read in place; a file is a capture archive."""
     if value is not None and str(value) == "":
         raise InputError("--root needs a directory or a capture archive (an empty name is not the live machine)")
-    from p2pdma.sources.capture import is_archive, load_capture
     from p2pdma.sources.sysfs import read_root
 
     root = "/" if value is None else os.fspath(value)
+    if os.path.isdir(root):  # a live or unpacked root: the archive reader is not even imported
+        return read_root(root)
+    from p2pdma.sources.capture import is_archive, load_capture
+
     if os.path.isfile(root) or is_archive(root):
         return load_capture(root)
     if not os.path.exists(root):
