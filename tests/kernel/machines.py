@@ -30,12 +30,18 @@ class KernelUnderTest:
     modules: tuple[str, ...]
     profile: str
     reads_dist: bool  # $arg3 at kretprobe return (>= 6.10): the distance even when NOT_SUPPORTED
+    map_names: tuple[str, ...]  # enum pci_p2pdma_map_type of this tree, by value
+
+
+# include/linux/pci-p2pdma.h (7.2) has PCI_P2PDMA_MAP_NONE at 1; 6.1's enum (include/linux/dma-map-ops.h) has not.
+_MAP_72 = ("UNKNOWN", "NONE", "NOT_SUPPORTED", "BUS_ADDR", "THRU_HOST_BRIDGE")
+_MAP_61 = ("UNKNOWN", "NOT_SUPPORTED", "BUS_ADDR", "THRU_HOST_BRIDGE")
 
 
 KERNELS: tuple[KernelUnderTest, ...] = (
-    KernelUnderTest("7.2", qemu.kernel_7_2, MODULES, "7.2", True),
+    KernelUnderTest("7.2", qemu.kernel_7_2, MODULES, "7.2", True, _MAP_72),
     # Debian's 7.2 config with NVME_MULTIPATH=y needs nvme_core multipath=N; the 6.1 build has it off.
-    KernelUnderTest("6.1", qemu.kernel_6_1_p2pdma, (), "6.1", False),
+    KernelUnderTest("6.1", qemu.kernel_6_1_p2pdma, (), "6.1", False, _MAP_61),
 )
 
 

@@ -1,4 +1,5 @@
-"""p2pdma's P2P verdict against a running Linux: Debian unstable's 7.2.13 booted in QEMU on emulated machines.
+"""p2pdma's P2P verdict against a running Linux booted in QEMU (TCG) on emulated q35 machines: Debian unstable's
+7.2.13 (its own packages) and Linux 6.1.176 built from Debian's linux-source-6.1 with CONFIG_PCI_P2PDMA.
 
 For every pair a machine probes (guest.py says how nvmet makes the kernel run calc_map_type_and_dist()), the
 model, given the sysfs facts the guest captured at that moment and `--kernel auto` (the captured osrelease),
@@ -50,7 +51,7 @@ def test_model_verdict_equals_running_kernel(
         assert len(ans.map_types) == 1 and len(ans.totals) == 1, (
             f"{pair}: expected one calc_map_type_and_dist() return, trace gave {ans.map_types} {ans.totals}"
         )
-        kmap = MapType(ans.map_types[0])
+        kmap = MapType[kernel.map_names[ans.map_types[0]]]
         if kernel.reads_dist:
             assert len(ans.distances) == 1, f"{pair}: *dist not read at return: {ans.distances}"
             kdist: int | None = ans.distances[0]
