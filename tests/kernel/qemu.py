@@ -1,8 +1,8 @@
 """Boot Debian's kernels in QEMU on emulated PCIe machines and collect what the guest wrote.
 
-The shared harness of the kernel conformance tests (tests/kernel/): it fetches Debian's kernel packages with apt
-into a cache directory of its own, builds small busybox initramfs images, boots them under TCG (KVM only when it
-really works) and returns the serial console and every file the guest left under /out.
+The shared harness of the kernel conformance tests (tests/kernel/): it finds the kernels .ci/kernel-setup put in
+the cache directory, builds small busybox initramfs images (cached by content), boots them under TCG only (nested
+KVM fails on the CI machines) and returns the serial console and every file the guest left under /out.
 """
 
 from __future__ import annotations

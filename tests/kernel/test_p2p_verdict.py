@@ -9,7 +9,10 @@ kernel's p2pdma log lines.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -89,13 +92,40 @@ def test_model_verdict_equals_running_kernel(
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("machine_name", ["multifunction-iommu", "root-ports-epyc", "switch"])
+@pytest.mark.parametrize("kernel", machines.KERNELS, ids=lambda k: k.name)
+def test_cli_explain_on_the_capture_says_what_the_kernel_did(
+    kernel: machines.KernelUnderTest, machine_name: str, boot_machine: Any
+) -> None:
+    """The one face: `p2pdma explain --root CAPTURE --json` (default --kernel auto) on the guest's capture."""
+    machine = next(m for m in machines.MACHINES if m.name == machine_name)
+    run = boot_machine(kernel, machine)
+    assert run.answers, f"{machine_name}: no answers"
+    for ans in run.answers:
+        proc = subprocess.run(
+            [sys.executable, "-m", "p2pdma", "explain", "--root", str(run.capture(ans.capture)), "--json",
+             ans.provider, ans.client],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        kmap = kernel.map_names[ans.map_types[0]]
+        got = (doc["kernel"], doc["map_type"], doc["certain"])
+        assert got == (kernel.profile, kmap, True), f"{ans.provider} -> {ans.client}: {got}"
+        if ans.totals[0] >= 0:
+            assert doc["distance"] == ans.totals[0]
+        assert [_without_driver(x) for x in doc["kernel_log"]] == [
+            _without_driver(x) for x in _p2pdma_lines(ans.dmesg)
+        ]
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "the model prints every kernel_log line as 'pci BDF: ...'; dev_printk() prefixes dev_driver_string(): the "
     "bound driver's name ('nvme 0000:01:00.1: ...'), 'pci' only for a device without a driver (issue 11 gap)"
 ))
 def test_log_lines_carry_the_kernels_device_prefix(boot_machine: Any) -> None:
     machine = next(m for m in machines.MACHINES if m.name == "multifunction-iommu")
-    run = boot_machine(machines.KERNELS[0], machine)
+    run = boot_machine(machines.KERNELS[0], machine)  # 7.2
     ans = run.answers[0]
     topo = open_machine("root", run.capture(ans.capture))
     v = calc_map_type_and_dist(topo, ans.provider, ans.client, "7.2")
