@@ -247,6 +247,10 @@ def test_more_triggers_export_behind_a_revoke_and_the_kernel_defect_finding(
     code, d = doc(capsys, write(tmp_path, multi))
     assert code == 0 and [f["kind"] for f in d["findings"]] == ["kernel-defect:phys-vec-iova-offset"]
     assert "offset 0" in d["findings"][0]["message"]
+    code, out, _ = run(capsys, write(tmp_path, multi))  # the text summary names the finding too
+    assert code == 0 and "kernel findings 1" in out and "kernel-defect:phys-vec-iova-offset: " in out
+    code, out, _ = run(capsys, write(tmp_path, sc))
+    assert code == 0 and "kernel findings" not in out
 
 
 def test_hostile_scenario_files_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -70,7 +70,7 @@ def stderr_progress(max_states: int) -> tuple[Callable[[int, int, float], None],
 def run(args: argparse.Namespace) -> int:
     """Handler of ``p2pdma check``."""
     from p2pdma.check.explore import check
-    from p2pdma.check.invariants import INVARIANTS
+    from p2pdma.check.invariants import INVARIANTS, LIVENESS
     from p2pdma.check.models import BUNDLED, load_model
 
     if args.list or not args.model:
@@ -83,13 +83,18 @@ def run(args: argparse.Namespace) -> int:
                 {"name": name, "expect": spec.expect, "description": spec.description}
                 for name, spec in BUNDLED.items()])
             doc["invariants"] = [{"name": inv.name, "statement": inv.statement} for inv in INVARIANTS]
+            doc["liveness"] = [{"name": inv.name, "statement": inv.statement} for inv in LIVENESS]
             print(json.dumps(doc, indent=1))
             return 0
         for name, spec in BUNDLED.items():
             print(f"{name:<30} expect {spec.expect:<9} {spec.description}")
         print()
+        print("safety (in every reachable state):")
         for inv in INVARIANTS:
-            print(f"{inv.name:<26} {inv.statement}")
+            print(f"  {inv.name:<33} {inv.statement}")
+        print("liveness (from every reachable state, some way on reaches it):")
+        for inv in LIVENESS:
+            print(f"  {inv.name:<33} {inv.statement}")
         return 0
     spec = load_model(args.model)
     if args.importers is not None:

@@ -130,6 +130,10 @@ def render(res: S.RunResult) -> str:
     out.append(f"  data intact   {'yes' if res.data_intact else 'NO'}")
     for m in res.mismatches:
         out.append(f"    {m}")
+    if res.findings:  # the kernel's own defects the run met (the model follows the tree, so it shows them)
+        out.append(f"  kernel findings {len(res.findings)}")
+        for f in res.findings:
+            out.append(f"    {f['kind']}: {f['message']}")
     for x in res.left:
         out.append(f"  note: {x}")
     return "\n".join(out)
