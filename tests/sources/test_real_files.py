@@ -416,3 +416,28 @@ def test_huge_nvlink_fabrics_are_bounded() -> None:
     body = "".join(gpu.format(b=1 + i // 32, d=i % 32) for i in range(64))
     t = parse_nccl_xml(data.replace(data[data.index("<pci"):data.index("</cpu>")], body).encode(), name="ok")
     assert len(t.nvlinks) == 64 * 63
+
+
+@pytest.mark.parametrize("path", PARAMS)
+def test_uncertain_pairs_are_counted_by_the_fact_the_file_lacks(path: Path) -> None:
+    """The count line's split of the uncertain pairs (ACS unknown / host bridge device not in the
+    input) adds up and agrees with each pair's own verdict (first 16 endpoints)."""
+    from p2pdma.cli.common import counts_line
+    from p2pdma.p2p.decide import HB_UNKNOWN
+    from p2pdma.report.documents import pair_counts, uncertain_why
+
+    topo = _open(path)
+    m = compute_matrix(topo)
+    why, counts = uncertain_why(m), pair_counts(m)
+    assert why["acs"] + why["host_bridge"] == counts["uncertain"]
+    line = counts_line(counts, why)
+    assert (f"host bridge device not in this input {why['host_bridge']}" in line) == bool(why["host_bridge"])
+    for i, p in enumerate(m.bdfs[:16]):
+        for j, c in enumerate(m.bdfs[:16]):
+            v = m.verdict(i, j)
+            if p == c or v.certain:
+                continue
+            if v.common is not None:  # below a common bridge: only ACS can be what is missing
+                assert v.unknown_ports and HB_UNKNOWN not in v.unknown, (p, c)
+            else:
+                assert HB_UNKNOWN in v.unknown, (p, c)

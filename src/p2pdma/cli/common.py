@@ -357,10 +357,17 @@ def name_of(topo: Topology, bdf: str, label: dict[str, str] | None = None) -> st
     return f"{name} ({extra})" if name else bdf
 
 
-def counts_line(counts: dict[str, int]) -> str:
-    """``pairs: BUS_ADDR 2, ...; uncertain 4; of 30 distinct ordered pairs`` (self pairs not counted)."""
+def counts_line(counts: dict[str, int], why: dict[str, int] | None = None) -> str:
+    """``pairs: BUS_ADDR 2, ...; uncertain 4 (ACS unknown 4); of 30 distinct ordered pairs`` (self pairs
+    not counted); ``why`` splits the uncertain pairs by the fact the input lacked (uncertain_why())."""
     kinds = ", ".join(f"{k} {counts[k]}" for k in ("BUS_ADDR", "THRU_HOST_BRIDGE", "NOT_SUPPORTED"))
-    return f"pairs: {kinds}; uncertain {counts['uncertain']}; of {counts['pairs']} distinct ordered pairs"
+    unc = f"uncertain {counts['uncertain']}"
+    if why and counts["uncertain"]:
+        parts = [f"{label} {why[k]}" for k, label in (("acs", "ACS unknown"),
+                                                      ("host_bridge", "host bridge device not in this input"))
+                 if why.get(k)]
+        unc += f" ({', '.join(parts)})"
+    return f"pairs: {kinds}; {unc}; of {counts['pairs']} distinct ordered pairs"
 
 
 class Progress:

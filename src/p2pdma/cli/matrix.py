@@ -121,7 +121,7 @@ def render_matrix(mat: Matrix, sel: Selection, term: Term, total: int) -> str:
     """The text view: the header (what was left out), the devices with names, NUMA and CPUs, the table,
     the legend and the distinct-pair counts."""
     from p2pdma.pci.names import labels
-    from p2pdma.report.documents import pair_counts
+    from p2pdma.report.documents import pair_counts, uncertain_why
     from p2pdma.report.text import LEGEND
 
     topo = mat.topo
@@ -142,7 +142,7 @@ def render_matrix(mat: Matrix, sel: Selection, term: Term, total: int) -> str:
         lines.append("")
         lines.append(LEGEND)
         lines.append("  " + LABELS_NOTE)
-    lines.append(counts_line(pair_counts(mat)))
+    lines.append(counts_line(pair_counts(mat), uncertain_why(mat)))
     return term.wrap("\n".join(lines))
 
 

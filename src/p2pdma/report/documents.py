@@ -46,6 +46,17 @@ def pair_counts(mat: Matrix) -> dict[str, int]:
     return out
 
 
+def uncertain_why(mat: Matrix) -> dict[str, int]:
+    """The distinct uncertain pairs by the fact the input lacked: ``acs`` (a port's ACS control below
+    the common bridge was unreadable) or ``host_bridge`` (the host bridge device the whitelist reads
+    is not in the input); a pair with a common bridge is uncertain only for the first reason."""
+    n = len(mat.bdfs)
+    depth = np.array([len(mat.topo.chain(b)) for b in mat.bdfs], dtype=np.int64)
+    below_common = mat.distance < depth[:, None] + depth[None, :]
+    unc = ~mat.certain & ~np.eye(n, dtype=bool)
+    return {"acs": int((unc & below_common).sum()), "host_bridge": int((unc & ~below_common).sum())}
+
+
 def head(schema: str, topo: Topology, profile: str | None) -> dict[str, Any]:
     """The fields every document starts with: ``schema``, ``tool_version``, ``kernel``, ``machine``."""
     return {"schema": schema, "tool_version": TOOL_VERSION, "kernel": profile, "machine": topo.name}
