@@ -16,8 +16,10 @@ import pytest
 from p2pdma.examples import load, names
 from p2pdma.p2p.decide import MapType
 from p2pdma.p2p.matrix import Matrix, compute_matrix
+from p2pdma.pci.names import aliases
 from p2pdma.pci.topology import Topology
-from p2pdma.report.html import CELL_CLASSES, TABLE_MAX, render_html
+from p2pdma.report.documents import pair_counts
+from p2pdma.report.html import CELL_CLASSES, TABLE_MAX, config_acs_fix, render_html
 from tests.report.browser import WINDOW, Element, Rendered, png_size, render_page
 
 # Known pairs of the bundled machines (provider, client), read off their YAML comments.
@@ -25,6 +27,8 @@ GPU8_BUS = ("0000:03:00.0", "0000:04:00.0")  # two GPUs below one switch
 GPU8_HOST = ("0000:03:00.0", "0000:83:00.0")  # GPUs on the two sockets
 ACS_PAIR = ("0000:03:00.0", "0000:04:00.0")  # acs-redirect: below switch A, SV|RR|CR|UF everywhere
 ACS_FIX = "pci=disable_acs_redir=0000:02:00.0;0000:02:01.0"
+ACS_CONFIG = "pci=config_acs=xx100x1@0000:02:00.0;xx100x1@0000:02:01.0"  # what `p2pdma fix GPU0 GPU1` prints
+ACS_TOPOLOGICAL = ("0000:03:00.0", "0000:08:00.0")  # acs-redirect: different root ports, no ACS change helps
 UNLISTED_NO = ("0000:01:00.0", "0000:04:00.0")  # unlisted-hostbridge: different root ports
 UNLISTED_BUS = ("0000:04:00.0", "0000:05:00.0")  # ... and two functions below one switch
 
@@ -72,7 +76,7 @@ def pages(
     cache: dict[str, Page] = {}
     select = {
         "gpu8-switches": (GPU8_BUS, [GPU8_HOST]),
-        "acs-redirect": (ACS_PAIR, []),
+        "acs-redirect": (ACS_PAIR, [ACS_TOPOLOGICAL]),
         "unlisted-hostbridge": (UNLISTED_NO, [UNLISTED_BUS]),
     }
 
@@ -156,15 +160,33 @@ def test_gpu8_cells(pages: Callable[[str], Page]) -> None:
     assert "cell-bus-addr" in cell_classes(page, *GPU8_BUS)
     assert cell(page, *GPU8_BUS).text == "4"
     assert "cell-thru-host-bridge" in cell_classes(page, *GPU8_HOST)
+    assert "cell-fixable" not in cell_classes(page, *GPU8_HOST)  # topological: different root ports
     assert len(page.shown.dom.by_class("cell")) == len(page.mat.bdfs) ** 2
+    # labels: the alias and the short BDF on both axes, the name and NUMA node on the rows, nothing clipped
+    heads = {e.attrs["data-provider"]: e.text for e in page.shown.dom.by_class("row-head")}
+    assert heads["0000:03:00.0"].startswith("GPU0 03:00.0") and "NUMA\u00a00" in heads["0000:03:00.0"]
+    cols = {e.attrs["data-client"]: e.text for e in page.shown.dom.by_class("col-head")}
+    assert cols["0000:05:00.0"] == "NIC0 05:00.0"
+    # the header counts distinct ordered pairs: 24 direct ones, as `p2pdma matrix` says
+    counts = pair_counts(page.mat)
+    assert page.shown.dom.by_id("count-bus-addr").text == f"{counts['BUS_ADDR']} BUS_ADDR"
+    assert page.shown.dom.by_id("count-pairs").text == f"{counts['pairs']} pairs:"
 
 
 def test_acs_pair_shows_its_fix(pages: Callable[[str], Page]) -> None:
     page = pages("acs-redirect")
     dom = page.shown.dom
-    assert dom.by_id("detail-fix").text == ACS_FIX
+    # config_acs first, as `p2pdma fix` recommends it, then disable_acs_redir
+    assert dom.by_id("detail-fix").text == ACS_CONFIG
+    assert dom.by_id("detail-fix-redir").text == ACS_FIX
+    assert dom.by_id("detail-fix-cmd").text == "p2pdma fix GPU0 GPU1 --kernel latest"
     assert cell(page, *ACS_PAIR).attrs["data-map-type"] == "THRU_HOST_BRIDGE"
-    assert "cell-thru-host-bridge" in cell_classes(page, *ACS_PAIR)
+    # ACS-caused cells are drawn apart from topological ones of the same map type
+    assert {"cell-thru-host-bridge", "cell-fixable"} <= cell_classes(page, *ACS_PAIR)
+    assert "cell-thru-host-bridge" in cell_classes(page, *ACS_TOPOLOGICAL)
+    assert "cell-fixable" not in cell_classes(page, *ACS_TOPOLOGICAL)
+    assert dom.by_id("detail-fixable").text == "ACS: fixable"
+    assert "ACS-caused" in dom.by_id("legend").text
     # the ACS-marked ports in the tree
     redir = sorted(e.attrs["data-bdf"] for e in dom.by_class("acs-redir-port"))
     assert {"0000:02:00.0", "0000:02:01.0", "0000:02:02.0"} <= set(redir)
@@ -186,7 +208,10 @@ def test_500_endpoints_canvas(pages: Callable[[str], Page]) -> None:
     assert "cell-not-supported" in cell_classes(page, *bp["no"])
     v = page.mat.verdict(page.mat.bdfs.index(bp["acs"][0]), page.mat.bdfs.index(bp["acs"][1]))
     assert cell(page, *bp["acs"]).attrs["data-fix"] == v.fix
-    assert dom.by_id("detail-fix").text == v.fix
+    assert dom.by_id("detail-fix").text == config_acs_fix(page.topo, v.acs_ports)
+    assert dom.by_id("detail-fix-redir").text == v.fix
+    assert int(dom.by_id("heatmap").attrs["data-gutter"]) > 16  # axis labels and host-bridge bands
+    assert int(dom.by_id("heatmap").attrs["data-bands"]) >= len({page.topo[b].host_bridge for b in page.mat.bdfs})
     assert int(dom.by_id("summary").attrs["data-render-ms"]) < 10_000
 
 
@@ -200,10 +225,11 @@ DRIVER = """<script>
     const canvas = document.getElementById('heatmap');
     if (canvas) {
       const s = +document.getElementById('zoom').value, r = canvas.getBoundingClientRect();
-      fire(canvas, 'mousemove', r.left + 3 * s + 1, r.top + 2 * s + 1);
+      const g = +canvas.dataset.gutter;
+      fire(canvas, 'mousemove', r.left + g + 3 * s + 1, r.top + g + 2 * s + 1);
       res.hover = [det().provider, det().client];
       res.tooltip = !document.getElementById('tooltip').hidden;
-      fire(canvas, 'click', r.left + 3 * s + 1, r.top + 2 * s + 1);
+      fire(canvas, 'click', r.left + g + 3 * s + 1, r.top + g + 2 * s + 1);
       fire(canvas, 'mouseleave', 0, 0);
       res.pinned = [det().provider, det().client];
       const zoom = document.getElementById('zoom');
@@ -229,6 +255,16 @@ DRIVER = """<script>
     document.getElementById('pair-input').value = eps[0].dataset.bdf + ' ' + eps[2].dataset.bdf;
     document.getElementById('pair-form').requestSubmit();
     res.form = [det().provider, det().client];
+    // every name the commands take: alias, dN, short BDF, full BDF; a miss says "did you mean"
+    const ask = (text) => {
+      document.getElementById('pair-input').value = text;
+      document.getElementById('pair-form').requestSubmit();
+      return det().error ? 'error: ' + det().error : det().provider + ' ' + det().client;
+    };
+    res.names = [ask(eps[2].dataset.bdf.slice(5).replace(/^0+(?=[0-9a-f]:)/, '') + ' ' + eps[1].dataset.bdf)];
+    res.names.push(ask('GPU1 gpu0'));
+    res.names.push(ask('d1 d2'));
+    res.names.push(ask('GPU1 GPUX'));
     const cause = document.querySelector('#causes tr.cause');
     if (cause) { fire(cause, 'click', 0, 0); res.cause = det().mapType; }
   } catch (e) {
@@ -265,3 +301,65 @@ def test_mouse_and_forms(pages: Callable[[str], Page], name: str, chromium: str)
     assert res["toggled"]
     assert res["form"] == [ep_nodes[0], ep_nodes[2]]
     assert res["cause"] in ("THRU_HOST_BRIDGE", "NOT_SUPPORTED")
+    alias = {a: b for b, a in aliases(page.topo).items()}
+    endpoints = [d.bdf for d in page.topo.endpoints]
+    assert res["names"][:3] == [f"{ep_nodes[2]} {ep_nodes[1]}", f"{alias['GPU1']} {alias['GPU0']}",
+                                f"{endpoints[1]} {endpoints[2]}"]
+    assert res["names"][3].startswith("error: unknown device \"GPUX\"") and "did you mean" in res["names"][3]
+
+
+# Narrows the pair panel until the config_acs fix must wrap, then reports where each part of it sits.
+WRAP_DRIVER = """<script>
+(function () {
+  const res = {};
+  try {
+    document.getElementById('right').style.flex = '0 0 430px';
+    document.getElementById('tree-panel').style.flex = '1 1 1000px';
+    const fix = document.getElementById('detail-fix');
+    res.text = fix.textContent;
+    res.segs = Array.from(fix.querySelectorAll('.seg')).map((s) => [s.textContent, s.getClientRects().length,
+      Math.round(s.getBoundingClientRect().top)]);
+    res.codeWidth = fix.getBoundingClientRect().width;
+    res.panelWidth = document.getElementById('details-body').getBoundingClientRect().width;
+    res.causeSegs = Array.from(document.querySelectorAll('#causes code.param .seg'))
+      .map((s) => s.getClientRects().length);
+  } catch (e) { res.error = String(e && e.stack || e); }
+  const out = document.createElement('div');
+  out.id = 'driver';
+  out.setAttribute('data-result', JSON.stringify(res));
+  document.body.appendChild(out);
+})();
+</script>
+"""
+
+
+def test_fix_wraps_only_between_entries(pages: Callable[[str], Page], chromium: str) -> None:
+    import json
+
+    page = pages("acs-redirect")
+    driven = page.html.with_name("acs-wrap.html")
+    driven.write_text(page.html.read_text().replace("</body>", WRAP_DRIVER + "</body>"))
+    shown = render_page(chromium, driven, driven.with_suffix(".png"), f"select={','.join(ACS_PAIR)}")
+    res = json.loads(shown.dom.by_id("driver").attrs["data-result"])
+    assert "error" not in res, res["error"]
+    assert res["text"] == ACS_CONFIG
+    segs = res["segs"]
+    assert [s[0] for s in segs] == ["pci=config_acs=xx100x1@0000:02:00.0;", "xx100x1@0000:02:01.0"]
+    assert all(s[1] == 1 for s in segs)  # no entry is broken across lines
+    assert segs[1][2] > segs[0][2]  # too narrow for one line: it wrapped, at the ';'
+    assert res["codeWidth"] <= res["panelWidth"]
+    assert res["causeSegs"] and all(n == 1 for n in res["causeSegs"])
+
+
+@pytest.mark.parametrize("name", ["gpu8-switches", "acs-redirect"])
+def test_opens_on_the_initial_pair(pages: Callable[[str], Page], chromium: str, name: str) -> None:
+    from p2pdma.report.html import initial_pair
+
+    page = pages(name)
+    shown = render_page(chromium, page.html, page.html.with_name(f"{name}-open.png"))
+    det = shown.dom.by_id("details").attrs
+    i, j = initial_pair(page.mat) or (0, 1)
+    assert (det["data-provider"], det["data-client"]) == (page.mat.bdfs[i], page.mat.bdfs[j])
+    assert det["data-map-type"] != "BUS_ADDR"
+    alias = aliases(page.topo)
+    assert page.mat.bdfs[i] in alias and page.mat.bdfs[j] in alias  # devices people peer, not the RCiEPs

@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from p2pdma.cli.common import add_source_args, load_topology, warn
+from p2pdma.cli.common import add_source_args, add_view_args, load_topology, select, warn
 
 REPORT_SCHEMA = "p2pdma.report/1"
-
 
 
 def add_parser(subparsers: Any) -> None:
@@ -22,18 +21,22 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("out", metavar="OUT.html", help="where to write the report ('-' for stdout)")
     p.add_argument("--force", action="store_true", help="replace OUT.html when it exists")
     add_source_args(p)
+    add_view_args(p)
     p.set_defaults(handler=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write the report; print where it went (``--json``: a ``p2pdma.report/1`` summary)."""
+    """Write the report of the devices in view (by default the devices people peer; the tree shows every
+    function); print where it went (``--json``: a ``p2pdma.report/1`` summary)."""
     from p2pdma.p2p.matrix import compute_matrix
+    from p2pdma.report.documents import pair_counts, selection_json, stamp
     from p2pdma.report.html import render_html
 
     topo = load_topology(args)
     warn(topo)
-    mat = compute_matrix(topo, args.kernel)
-    page = render_html(topo, args.kernel, mat)
+    sel = select(args, topo)
+    mat = compute_matrix(topo, args.kernel, select=sel.bdfs)
+    page = render_html(topo, args.kernel, mat, sel)
     data = page.encode("utf-8")
     if args.out == "-":
         sys.stdout.write(page)
@@ -53,10 +56,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             "functions": len(topo.devices),
             "endpoints": len(mat.bdfs),
             "pairs": mat.counts(),
+            "counts": pair_counts(mat),
+            "selection": selection_json(topo, sel),
         }
-        print(json.dumps(doc, indent=1))
+        print(json.dumps(stamp(doc, topo, args.kernel), indent=1))
     else:
-        print(f"wrote {out} ({len(data)} bytes): {len(topo.devices)} functions, {len(mat.bdfs)} endpoints")
+        print(f"wrote {out} ({len(data)} bytes): {len(topo.devices)} functions, {len(mat.bdfs)} in the matrix")
+        summary = sel.summary(topo)
+        if summary:
+            print(summary)
     return 0
 
 

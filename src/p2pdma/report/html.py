@@ -10,7 +10,7 @@ import base64
 import json
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +20,11 @@ from p2pdma.p2p import platform
 from p2pdma.p2p.decide import DEFAULT_PROFILE, MapType
 from p2pdma.p2p.matrix import Matrix, compute_matrix
 from p2pdma.pci import config as cfg
+from p2pdma.pci import names
 from p2pdma.pci.topology import Device, Topology
+
+if TYPE_CHECKING:
+    from p2pdma.pci.names import Selection
 
 DATA_SCHEMA = "p2pdma.report-data/1"
 TABLE_MAX = 64  # matrices up to this many functions are an HTML table, larger ones a canvas
@@ -146,8 +150,11 @@ def edge_link(topo: Topology, d: Device) -> tuple[str | None, str | None, bool]:
     return own
 
 
-def _device(topo: Topology, d: Device, ep: int, hb_ids: dict[str, int]) -> dict[str, Any]:
-    """One function for the page: parent index, role, names, links, ACS, matrix index (or -1)."""
+def _device(topo: Topology, d: Device, ep: int, hb_ids: dict[str, int], labels: dict[str, str],
+            alias_map: dict[str, str], dn: dict[str, int]) -> dict[str, Any]:
+    """One function for the page: parent index, role, names (alias, label, OS names), NUMA node and local
+    CPUs, links, ACS, matrix index (or -1)."""
+    numa = d.numa_node
     label, title, _ = _link(d)
     edge, edge_title, degraded = edge_link(topo, d)
     if not d.acs_known:
@@ -176,6 +183,13 @@ def _device(topo: Topology, d: Device, ep: int, hb_ids: dict[str, int]) -> dict[
         "acs_redir": bool(d.acs is not None and d.acs.ctrl & REDIRECT_BITS),
         "driver": d.driver,
         "ep": ep,
+        "alias": alias_map.get(d.bdf),
+        "label": labels.get(d.bdf),
+        "dn": dn.get(d.bdf, -1),
+        "peer": names.is_peer_device(d),
+        "os_names": list(d.os_names),
+        "numa": numa if numa is None or numa >= 0 else None,
+        "cpus": d.local_cpulist,
     }
 
 
@@ -195,10 +209,62 @@ def _host_bridge(topo: Topology, k: int) -> dict[str, Any]:
             "whitelist": text, "ok": e is not None}
 
 
-def report_data(topo: Topology, profile: str = DEFAULT_PROFILE, mat: Matrix | None = None) -> dict[str, Any]:
+def config_acs_fix(topo: Topology, acs_ports: tuple[str, ...], profile: str = DEFAULT_PROFILE) -> str | None:
+    """The ``pci=config_acs=`` parameter ``p2pdma fix`` recommends for a pair whose path redirects at
+    ``acs_ports``: the fewest bits to clear on each (fix.minimal_clear(), which reads no egress target, so
+    the ports alone decide), in the tree's order, as fix.FixPlan.config_acs writes it."""
+    from p2pdma.p2p import fix as fixmod
+
+    changes = []
+    for bdf in sorted((b for b in acs_ports if b in topo), key=lambda b: topo.index[b]):
+        dev = topo[bdf]
+        clear = fixmod.minimal_clear(topo, dev, (None,), profile)
+        if clear and dev.acs is not None:
+            changes.append(fixmod.PortChange(bdf, dev.port_type_name, dev.acs.ctrl, dev.acs.ctrl & ~clear,
+                                             dev.acs.offset))
+    if not changes:
+        return None
+    return "pci=config_acs=" + ";".join(f"{fixmod.config_acs_mask(c)}@{c.bdf}" for c in changes)
+
+
+def initial_pair(mat: Matrix) -> tuple[int, int] | None:
+    """The pair the page opens on: the first (row order) that is not BUS_ADDR among the devices people
+    peer, else their first GPU -> NIC pair, else their first pair; with fewer than two of them, the first
+    pair of the matrix that is not BUS_ADDR, else its first pair."""
+    topo = mat.topo
+    n = len(mat.bdfs)
+    if n < 2:
+        return None
+    peers = [k for k, b in enumerate(mat.bdfs) if names.is_peer_device(topo[b])]
+    idx = np.array(peers, dtype=np.int64)
+    if len(peers) >= 2:
+        sub = mat.map_type[np.ix_(idx, idx)] != MapType.BUS_ADDR.value
+        np.fill_diagonal(sub, False)
+        hit = np.argwhere(sub)
+        if hit.size:
+            return int(idx[hit[0][0]]), int(idx[hit[0][1]])
+        kinds = {k: names.peer_class(topo[mat.bdfs[k]]) for k in peers}
+        gpus = [k for k in peers if kinds[k] == "GPU"]
+        nics = [k for k in peers if kinds[k] == "NIC"]
+        if gpus and nics:
+            return gpus[0], nics[0]
+        return peers[0], peers[1]
+    off = mat.map_type != MapType.BUS_ADDR.value
+    np.fill_diagonal(off, False)
+    hit = np.argwhere(off)
+    return (int(hit[0][0]), int(hit[0][1])) if hit.size else (0, 1)
+
+
+def report_data(topo: Topology, profile: str = DEFAULT_PROFILE, mat: Matrix | None = None,
+                selection: Selection | None = None) -> dict[str, Any]:
     """The JSON blob the page reads: devices with parent links, host bridges, the compact matrix."""
+    from p2pdma.report.documents import pair_counts, selection_json
+
     if mat is None:
         mat = compute_matrix(topo, profile)
+    label = names.labels(topo)
+    alias_map = names.aliases(topo)
+    dn = {d.bdf: k for k, d in enumerate(topo.endpoints)}
     hb_ids = {h.name: k for k, h in enumerate(topo.host_bridges)}
     ep_of = {b: i for i, b in enumerate(mat.bdfs)}
     causes_idx, causes = pair_causes(mat)
@@ -218,7 +284,7 @@ def report_data(topo: Topology, profile: str = DEFAULT_PROFILE, mat: Matrix | No
         "cpu": cpu,
         "warnings": list(topo.warnings),
         "host_bridges": [_host_bridge(topo, k) for k in range(len(topo.host_bridges))],
-        "devices": [_device(topo, d, ep_of.get(d.bdf, -1), hb_ids) for d in topo.devices],
+        "devices": [_device(topo, d, ep_of.get(d.bdf, -1), hb_ids, label, alias_map, dn) for d in topo.devices],
         "endpoints": [topo.index[b] for b in mat.bdfs],
         "counts": mat.counts(),
         "uncertain": int((~mat.certain).sum()),
@@ -239,6 +305,13 @@ def report_data(topo: Topology, profile: str = DEFAULT_PROFILE, mat: Matrix | No
         "shade_max": SHADE_MAX,
         "table_max": TABLE_MAX,
         "collapse_above": COLLAPSE_ABOVE,
+        # added in place (the schema stays p2pdma.report-data/1): the distinct ordered pairs matrix and
+        # fix count, what the view left out, and the pair the page opens on
+        "pair_counts": pair_counts(mat),
+        # per cause (same order): the pci=config_acs= fix `p2pdma fix` recommends, beside causes' disable_acs_redir
+        "cause_config_acs": [config_acs_fix(topo, c.acs_ports, mat.profile) if c.fix else None for c in causes],
+        "selection": selection_json(topo, selection),
+        "initial": list(start) if (start := initial_pair(mat)) is not None else None,
     }
 
 
@@ -247,10 +320,10 @@ def _palette_css() -> str:
     rules = []
     for m, (h, s, light, _, text) in PALETTE.items():
         rules.append(
-            f".{CELL_CLASSES[m]} {{ background: hsl({h} {s}% calc({light}% + var(--shade, 0) * 1%));"
+            f".{CELL_CLASSES[m]} {{ background-color: hsl({h} {s}% calc({light}% + var(--shade, 0) * 1%));"
             f" color: {text}; }}"
         )
-        rules.append(f".swatch.{CELL_CLASSES[m]} {{ background: hsl({h} {s}% {light + 6}%); }}")
+        rules.append(f".swatch.{CELL_CLASSES[m]} {{ background-color: hsl({h} {s}% {light + 6}%); }}")
     return "\n".join(rules)
 
 
@@ -264,9 +337,10 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def render_html(topo: Topology, profile: str = DEFAULT_PROFILE, mat: Matrix | None = None) -> str:
+def render_html(topo: Topology, profile: str = DEFAULT_PROFILE, mat: Matrix | None = None,
+                selection: Selection | None = None) -> str:
     """The whole report as one HTML document (inline CSS and JS, embedded JSON data)."""
-    data = report_data(topo, profile, mat)
+    data = report_data(topo, profile, mat, selection)
     return (
         _static(_PAGE_FILE).replace("__TITLE__", _esc(f"p2pdma report: {topo.name} ({profile})"))
         .replace("__CSS__", "\n" + _static(_CSS_FILE) + "\n" + _palette_css())
@@ -283,4 +357,7 @@ def _static(name: str) -> str:
 # Kept in report/static/ where editors and `node --check` see them; read when a report is written.
 _PAGE_FILE, _CSS_FILE, _JS_FILE = "page.html", "report.css", "report.js"
 
-__all__ = ["CELL_CLASSES", "DATA_SCHEMA", "Cause", "edge_link", "pair_causes", "render_html", "report_data"]
+__all__ = [
+    "CELL_CLASSES", "DATA_SCHEMA", "Cause", "config_acs_fix", "edge_link", "initial_pair", "pair_causes",
+    "render_html", "report_data",
+]

@@ -48,18 +48,38 @@
   }
   function shortBdf(b) { return b.startsWith('0000:') ? b.slice(5) : b; }
   function devName(k) { const d = devs[k]; return d.name || d.ids; }
+  // what the matrix and the commands call a function: its alias (GPU0), else dN / bN (pci.names.labels())
+  function devLabel(k) { const d = devs[k]; return d.label || d.alias || shortBdf(d.bdf); }
+  function epLabel(i) { return devLabel(eps[i]); }
+  function osText(k) { const d = devs[k]; return d.os_names && d.os_names.length ? d.os_names.join(' ') : ''; }
+  function numaText(k) { const d = devs[k]; return d.numa === null || d.numa === undefined ? '' : 'NUMA\u00a0' + d.numa; }
+  // a kernel parameter as code that wraps only after a ';' between entries, never inside one
+  function paramCode(parent, s, attrs) {
+    const code = el('code', Object.assign({class: 'param'}, attrs || {}), parent);
+    s.split(';').forEach((part, k, all) => {
+      const seg = el('span', {class: 'seg'}, code);
+      seg.textContent = part + (k < all.length - 1 ? ';' : '');
+      if (k < all.length - 1) el('wbr', null, code);
+    });
+    return code;
+  }
 
   // ---- cells ----
   function shade(mt, dist) {
     const p = PAL[mt];
     return p ? Math.min(D.shade_max, Math.max(0, dist - 2) * p.step) : 0;
   }
+  // a pair is fixable when ACS redirect on its path decides it: clearing those bits makes it BUS_ADDR
+  const FIXABLE = new Uint8Array(D.causes.length);
+  const CFG_ACS = D.cause_config_acs || [];
+  D.causes.forEach((c, k) => { FIXABLE[k] = c[2].length > 0 && c[1] ? 1 : 0; });
   function cell(i, j) {
     const k = i * N + j, mt = MT[k], c = D.causes[CAUSE[k]];
     return {
       i: i, j: j, provider: devs[eps[i]].bdf, client: devs[eps[j]].bdf, mapType: MT_NAME[mt] || String(mt),
       cls: PAL[mt] ? PAL[mt].cls : 'cell-unknown', distance: DIST[k], certain: CERT[k] === 1, self: i === j,
-      reason: c[0], fix: c[1], acsPorts: c[2],
+      reason: c[0], fix: c[1], acsPorts: c[2], configAcs: CFG_ACS[CAUSE[k]] || null,
+      fixable: i !== j && mt !== 3 && FIXABLE[CAUSE[k]] === 1,
     };
   }
   function cellText(c) {
@@ -68,7 +88,8 @@
     return c.certain ? t : t + '?';
   }
   function classesOf(c) {
-    return 'cell ' + c.cls + (c.self ? ' cell-self' : '') + (c.certain ? '' : ' cell-uncertain');
+    return 'cell ' + c.cls + (c.self ? ' cell-self' : '') + (c.certain ? '' : ' cell-uncertain') +
+      (c.fixable ? ' cell-fixable' : '');
   }
 
   // ---- the path, as calc_map_type_and_dist() walks it ----
@@ -95,12 +116,23 @@
   ml.push(D.generator);
   $('machine-line').textContent = ml.join('   \u00b7   ');
   const summary = $('summary');
+  // distinct ordered pairs (provider != client), as `p2pdma matrix` and `p2pdma fix` count them
+  const PC = D.pair_counts || {BUS_ADDR: D.counts.BUS_ADDR - N, THRU_HOST_BRIDGE: D.counts.THRU_HOST_BRIDGE,
+    NOT_SUPPORTED: D.counts.NOT_SUPPORTED, pairs: N * (N - 1), uncertain: D.uncertain};
+  let fixablePairs = 0;
+  for (let k = 0; k < N * N; k++) if (MT[k] !== 3 && FIXABLE[CAUSE[k]] && k % (N + 1) !== 0) fixablePairs++;
   const counts = [
-    [devs.length + ' functions'], [hbs.length + ' host bridges'], [N + ' endpoints in the matrix'],
-    [D.counts.BUS_ADDR + ' BUS_ADDR'], [D.counts.THRU_HOST_BRIDGE + ' THRU_HOST_BRIDGE'],
-    [D.counts.NOT_SUPPORTED + ' NOT_SUPPORTED'], [D.uncertain + ' uncertain'],
+    [devs.length + ' functions', 'count-functions'], [hbs.length + ' host bridges', 'count-hbs'],
+    [N + ' devices in the matrix', 'count-devices'], [PC.pairs + ' pairs:', 'count-pairs'],
+    [PC.BUS_ADDR + ' BUS_ADDR', 'count-bus-addr'], [PC.THRU_HOST_BRIDGE + ' THRU_HOST_BRIDGE', 'count-thru'],
+    [PC.NOT_SUPPORTED + ' NOT_SUPPORTED', 'count-not'], [PC.uncertain + ' uncertain', 'count-uncertain'],
+    [fixablePairs + ' fixable by ACS', 'count-fixable'],
   ];
-  for (const c of counts) { const s = el('span', {class: 'count'}, summary); s.textContent = c[0]; }
+  for (const c of counts) { const s = el('span', {class: 'count', id: c[1]}, summary); s.textContent = c[0]; }
+  if (D.selection && D.selection.summary) {
+    el('div', {id: 'view-line'}, $('machine-line').parentNode).textContent = 'matrix: ' + D.selection.summary +
+      ' (the tree shows every function)';
+  }
   if (D.warnings.length) {
     const s = el('span', {class: 'count', title: D.warnings.join('\n')}, summary);
     s.textContent = '\u26a0 ' + D.warnings.length + ' warnings (hover)';
@@ -110,6 +142,8 @@
     ['cell-bus-addr', 'BUS_ADDR: direct below a common switch, by bus address (number = distance)'],
     ['cell-thru-host-bridge', 'THRU_HOST_BRIDGE: through the root complex'],
     ['cell-not-supported', 'NOT_SUPPORTED: refused'],
+    ['cell-thru-host-bridge cell-fixable', 'hatched, framed: ACS-caused (redirect on the path), the fix makes it ' +
+      'BUS_ADDR; plain: topological (no common switch), no ACS change helps'],
     ['cell-self', 'the same function'],
   ];
   for (const it of legendItems) {
@@ -120,7 +154,7 @@
   el('span', {class: 'item'}, legend).textContent = '? = ACS unknown on the path; ports with ACS redirect ringed red';
 
   // ---- the tree ----
-  const ROW = 22, IND = 84, PAD = 14;
+  const ROW = 22, IND = 72, PAD = 14;
   const svg = $('tree');
   const edgeLayer = sel('g', {class: 'edges'}, svg);
   const nodeLayer = sel('g', {class: 'nodes'}, svg);
@@ -169,11 +203,14 @@
       if (d.ep >= 0) g.setAttribute('data-endpoint', String(d.ep));
       if (d.acs !== null) g.setAttribute('data-acs', d.acs);
       nd.glyph = glyph(g, d.bridge ? 'g-' + (ROLE_LABEL[d.role] ? d.role : 'bridge') : 'g-' + d.cat, d.role);
+      if (d.alias) text(t, d.alias + ' ', 'alias');
       text(t, shortBdf(d.bdf), 'bdf');
       const rl = ROLE_LABEL[d.role];
       if (rl) text(t, ' ' + rl, 'ptype');
       if (d.physfn >= 0) text(t, ' VF of ' + shortBdf(devs[d.physfn].bdf), 'ptype');
       if (!d.bridge || !rl) text(t, ' ' + devName(nd.dev), 'dname');
+      if (osText(nd.dev)) text(t, '  ' + osText(nd.dev), 'osn');
+      if (numaText(nd.dev) && (d.ep >= 0 || d.peer)) text(t, '  ' + numaText(nd.dev), 'numa');
       if (d.acs !== null) {
         const kind = d.acs === '?' ? 'acs-unknown' : d.acs_redir ? 'acs-redir' : 'acs-clear';
         const label = d.acs === '?' ? '  ACS ?' : '  ACS ' + d.acs;
@@ -184,6 +221,8 @@
       const tip = [d.bdf + '  ' + d.ids + (d.name ? '  ' + d.name : ''), 'type: ' + d.role];
       if (d.link_title) tip.push(d.link_title);
       if (d.driver) tip.push('driver: ' + d.driver);
+      if (d.label) tip.push('name: ' + d.label + (osText(nd.dev) ? ', OS: ' + osText(nd.dev) : ''));
+      if (numaText(nd.dev)) tip.push(numaText(nd.dev) + (d.cpus ? ', local CPUs ' + d.cpus : ''));
       sel('title', null, g).textContent = tip.join('\n');
     }
     nd.text = t;
@@ -327,13 +366,21 @@
     det.setAttribute('data-class', c.cls);
     det.setAttribute('data-distance', String(c.distance));
     box.textContent = '';
-    const head = el('div', {class: 'row'}, box);
-    const pb = el('b', {class: 'mono'}, head); pb.textContent = c.provider;
-    el('span', null, head).textContent = ' ' + devName(eps[c.i]) + '  \u2192  ';
-    const cb = el('b', {class: 'mono'}, head); cb.textContent = c.client;
-    el('span', null, head).textContent = ' ' + devName(eps[c.j]) + '  ';
+    const head = el('div', {class: 'row pair-head'}, box);
+    function who(k, role) {
+      const w = el('span', {class: 'who', id: 'detail-' + role}, head);
+      el('b', {class: 'mono'}, w).textContent = devLabel(k) + ' ' + shortBdf(devs[k].bdf);
+      const extra = [devName(k), osText(k), numaText(k)].filter(Boolean).join(' \u00b7 ');
+      el('span', {class: 'who-name'}, w).textContent = ' ' + extra;
+    }
+    who(eps[c.i], 'provider');
+    el('span', {class: 'arrow'}, head).textContent = ' \u2192 ';
+    who(eps[c.j], 'client');
+    el('span', null, head).textContent = '  ';
     const badge = el('span', {class: 'badge ' + c.cls, id: 'detail-type'}, head);
     badge.textContent = c.self ? 'same function' : c.mapType;
+    if (c.fixable) el('span', {class: 'badge cell-thru-host-bridge cell-fixable', id: 'detail-fixable'}, head)
+      .textContent = 'ACS: fixable';
     const meta = el('div', {class: 'row'}, box);
     meta.textContent = 'distance ' + c.distance + (c.certain ? '' : '   (uncertain: ACS unreadable on the path)');
     const why = el('div', {class: 'row'}, box);
@@ -342,11 +389,23 @@
     const fix = el('div', {class: 'row'}, box);
     el('span', {class: 'key'}, fix).textContent = 'fix';
     if (c.fix) {
+      const main = c.configAcs || c.fix;
       el('span', null, fix).textContent = 'add the kernel parameter ';
-      el('code', {id: 'detail-fix'}, fix).textContent = c.fix;
+      paramCode(fix, main, {id: 'detail-fix'});
       const btn = el('button', {type: 'button'}, fix);
       btn.textContent = 'copy';
-      btn.addEventListener('click', () => copyText(c.fix));
+      btn.addEventListener('click', () => copyText(main));
+      if (c.configAcs) {
+        const alt = el('div', {class: 'row sub'}, box);
+        el('span', {class: 'key'}, alt).textContent = '';
+        el('span', null, alt).textContent = 'or (Linux 4.19+, clears RR, CR and EC, more than needed where it differs) ';
+        paramCode(alt, c.fix, {id: 'detail-fix-redir'});
+      }
+      const how = el('div', {class: 'row sub'}, box);
+      el('span', {class: 'key'}, how).textContent = '';
+      el('code', {id: 'detail-fix-cmd'}, how).textContent = 'p2pdma fix ' + epLabel(c.i) + ' ' + epLabel(c.j) +
+        ' --kernel ' + D.kernel;
+      el('span', {class: 'hint'}, how).textContent = '  the change port by port, setpci, and what it costs in IOMMU groups';
     } else {
       el('span', {id: 'detail-fix', class: 'hint'}, fix).textContent = c.mapType === 'BUS_ADDR'
         ? 'none needed' : 'none from ACS: the host bridge / CPU rules decide this pair';
@@ -359,7 +418,8 @@
     el('span', {class: 'mono', id: 'detail-path'}, pr).textContent = parts.join(' \u2192 ');
     const cmd = el('div', {class: 'row'}, box);
     el('span', {class: 'key'}, cmd).textContent = 'more';
-    el('code', null, cmd).textContent = 'p2pdma explain ' + c.provider + ' ' + c.client + ' --kernel ' + D.kernel;
+    el('code', {id: 'detail-explain'}, cmd).textContent = 'p2pdma explain ' + epLabel(c.i) + ' ' + epLabel(c.j) +
+      ' --kernel ' + D.kernel;
   }
   function copyText(s) {
     try {
@@ -382,8 +442,10 @@
     el('th', null, hr).textContent = '';
     const colHeads = [];
     for (let j = 0; j < N; j++) {
-      const th = el('th', {title: devs[eps[j]].bdf + ' ' + devName(eps[j]), 'data-client': devs[eps[j]].bdf}, hr);
-      th.textContent = 'd' + j + ' ' + shortBdf(devs[eps[j]].bdf);
+      const th = el('th', {title: devs[eps[j]].bdf + ' ' + devName(eps[j]), 'data-client': devs[eps[j]].bdf,
+        class: 'col-head'}, hr);
+      el('b', null, th).textContent = epLabel(j);
+      el('span', null, th).textContent = ' ' + shortBdf(devs[eps[j]].bdf);
       colHeads.push(th);
     }
     const tb = el('tbody', null, table);
@@ -391,8 +453,12 @@
     cellsByPair = [];
     for (let i = 0; i < N; i++) {
       const tr = el('tr', null, tb);
-      const th = el('th', {title: devs[eps[i]].bdf + ' ' + devName(eps[i]), 'data-provider': devs[eps[i]].bdf}, tr);
-      th.textContent = 'd' + i + ' ' + shortBdf(devs[eps[i]].bdf) + ' ' + devName(eps[i]);
+      const th = el('th', {title: devs[eps[i]].bdf + ' ' + devName(eps[i]), 'data-provider': devs[eps[i]].bdf,
+        class: 'row-head'}, tr);
+      el('b', null, th).textContent = epLabel(i);
+      el('span', {class: 'mono'}, th).textContent = ' ' + shortBdf(devs[eps[i]].bdf);
+      const extra = [osText(eps[i]), numaText(eps[i])].filter(Boolean).join(' \u00b7 ');
+      el('span', {class: 'row-name'}, th).textContent = devName(eps[i]) + (extra ? ' \u00b7 ' + extra : '');
       rowHeads.push(th);
       for (let j = 0; j < N; j++) {
         const c = cell(i, j);
@@ -440,19 +506,23 @@
       const f = (n) => l - a * Math.max(-1, Math.min(k(n) - 3, Math.min(9 - k(n), 1)));
       return [Math.round(255 * f(0)), Math.round(255 * f(8)), Math.round(255 * f(4))];
     }
-    function rgbOf(mt, dist, self) {
-      const key = self ? -1 : mt * 1000 + dist;
+    // fixable (ACS-caused) cells: the same hue, darker, and hatched once cells are large enough
+    function rgbOf(mt, dist, self, fixable) {
+      const key = self ? -1 : (fixable ? 100000 : 0) + mt * 1000 + dist;
       let v = rgbCache.get(key);
       if (!v) {
         const p = PAL[mt];
-        v = self ? [82, 96, 109] : p ? hsl2rgb(p.h, p.s, p.l + shade(mt, dist)) : [200, 200, 200];
+        v = self ? [82, 96, 109] : p ? hsl2rgb(p.h, p.s, p.l + shade(mt, dist) - (fixable ? 16 : 0)) : [200, 200, 200];
         rgbCache.set(key, v);
       }
       return v;
     }
+    const FIXK = new Uint8Array(N * N);
     for (let k = 0, o = 0; k < N * N; k++, o += 4) {
       const i = Math.floor(k / N);
-      const v = rgbOf(MT[k], DIST[k], i === k - i * N);
+      const self = i === k - i * N;
+      FIXK[k] = !self && MT[k] !== 3 && FIXABLE[CAUSE[k]] ? 1 : 0;
+      const v = rgbOf(MT[k], DIST[k], self, FIXK[k] === 1);
       const dim = CERT[k] === 1 ? 0 : 40;
       data.data[o] = Math.min(255, v[0] + dim); data.data[o + 1] = Math.min(255, v[1] + dim);
       data.data[o + 2] = Math.min(255, v[2] + dim); data.data[o + 3] = 255;
@@ -460,13 +530,28 @@
     ictx.putImageData(data, 0, 0);
     const hbBreaks = [];
     for (let i = 1; i < N; i++) if (devs[eps[i]].hb !== devs[eps[i - 1]].hb) hbBreaks.push(i);
+    // runs of consecutive matrix rows below one host bridge: the bands along both axes
+    const bands = [];
+    for (let i = 0; i < N; i++) {
+      const h = devs[eps[i]].hb;
+      if (bands.length && bands[bands.length - 1].hb === h) bands[bands.length - 1].end = i + 1;
+      else bands.push({hb: h, start: i, end: i + 1});
+    }
+    const BAND = 16, LABEL_FONT = 11;
+    // the gutters hold the labels (alias and short BDF) and the host-bridge band: wide enough for the longest
+    ctx.font = LABEL_FONT + 'px monospace';
+    let labelW = 0;
+    for (let i = 0; i < N; i++) labelW = Math.max(labelW, ctx.measureText(epLabel(i) + ' ' + shortBdf(devs[eps[i]].bdf)).width);
+    const GUTTER = Math.ceil(Math.min(220, labelW + 10)) + BAND;
+    canvas.setAttribute('data-bands', String(bands.length));
     const zoom = $('zoom');
-    let s = Math.max(2, Math.min(24, Math.floor((holder.clientWidth - 30) / N)));
+    let s = Math.max(2, Math.min(24, Math.floor((holder.clientWidth - 30 - GUTTER) / N)));
     zoom.value = String(s);
     let hover = null;
     let G = 0;  // width of the BDF label gutters (left and top), shown when zoomed in
     function size() {
-      G = s >= 14 ? 96 : 0;
+      G = GUTTER;
+      canvas.setAttribute('data-gutter', String(G));
       const w = Math.max(100, scroll.clientWidth), h = Math.max(100, scroll.clientHeight);
       const dpr = window.devicePixelRatio || 1;
       canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr);
@@ -489,6 +574,21 @@
         ctx.drawImage(img, j0, i0, cols, rows, ox + j0 * s, oy + i0 * s, cols * s, rows * s);
       }
       if (s >= 6) {
+        ctx.save();
+        ctx.beginPath(); ctx.rect(G, G, w - G, h - G); ctx.clip();
+        ctx.strokeStyle = 'rgba(255,255,255,0.55)'; ctx.lineWidth = 1;
+        ctx.beginPath();
+        for (let i = i0; i < i0 + rows; i++) {
+          for (let j = j0; j < j0 + cols; j++) {
+            if (!FIXK[i * N + j]) continue;
+            const x = ox + j * s, y = oy + i * s;
+            for (let d = 3; d < 2 * s; d += 4) {
+              ctx.moveTo(x + Math.max(0, d - s), y + Math.min(s, d)); ctx.lineTo(x + Math.min(s, d), y + Math.max(0, d - s));
+            }
+          }
+        }
+        ctx.stroke();
+        ctx.restore();
         ctx.strokeStyle = '#ffffff'; ctx.lineWidth = 1;
         ctx.beginPath();
         for (let j = j0; j <= j0 + cols; j++) { const x = ox + j * s + 0.5; ctx.moveTo(x, 0); ctx.lineTo(x, h); }
@@ -526,19 +626,62 @@
       if (G) {
         ctx.fillStyle = '#f5f7fa';
         ctx.fillRect(0, 0, G, h); ctx.fillRect(0, 0, w, G);
-        ctx.font = Math.min(11, s - 3) + 'px monospace';
-        ctx.fillStyle = '#3e4c59'; ctx.textBaseline = 'middle'; ctx.textAlign = 'right';
-        for (let i = i0; i < i0 + rows; i++) {
-          const y = oy + i * s + s / 2;
-          if (y > G) ctx.fillText(shortBdf(devs[eps[i]].bdf), G - 4, y);
+        // host-bridge bands next to the cells, alternating shades, named where they are long enough
+        ctx.save();
+        ctx.font = '600 10px system-ui, sans-serif'; ctx.textBaseline = 'middle'; ctx.textAlign = 'center';
+        bands.forEach((b, k) => {
+          const a = oy + b.start * s, z = oy + b.end * s, ax = ox + b.start * s, zx = ox + b.end * s;
+          ctx.fillStyle = k % 2 ? '#9fb3c8' : '#627d98';
+          if (z > G && a < h) ctx.fillRect(G - BAND, Math.max(G, a), BAND - 2, Math.min(h, z) - Math.max(G, a));
+          if (zx > G && ax < w) ctx.fillRect(Math.max(G, ax), G - BAND, Math.min(w, zx) - Math.max(G, ax), BAND - 2);
+          const name = hbs[b.hb].name;
+          ctx.fillStyle = '#ffffff';
+          const lx0 = Math.max(G, ax), lx1 = Math.min(w, zx);
+          if (lx1 - lx0 > ctx.measureText(name).width + 6) ctx.fillText(name, (lx0 + lx1) / 2, G - BAND / 2 - 1);
+          const ly0 = Math.max(G, a), ly1 = Math.min(h, z);
+          if (ly1 - ly0 > ctx.measureText(name).width + 6) {
+            ctx.save(); ctx.translate(G - BAND / 2 - 1, (ly0 + ly1) / 2); ctx.rotate(-Math.PI / 2);
+            ctx.fillText(name, 0, 0); ctx.restore();
+          }
+        });
+        ctx.restore();
+        // labels: every row's when they fit, else every k-th with a tick (hover shows each one)
+        const every = Math.max(1, Math.ceil((LABEL_FONT + 2) / s));
+        ctx.font = LABEL_FONT + 'px monospace';
+        ctx.fillStyle = '#3e4c59'; ctx.strokeStyle = '#7b8794'; ctx.lineWidth = 1;
+        ctx.textBaseline = 'middle'; ctx.textAlign = 'right';
+        const lab = (i) => epLabel(i) + ' ' + shortBdf(devs[eps[i]].bdf);
+        // rows far enough apart to read: the devices people peer first, then every k-th other row where
+        // it does not crowd a labelled one
+        function labelled(a, n) {
+          const gap = Math.ceil((LABEL_FONT + 1) / s), taken = new Uint8Array(n), out = [];
+          let last = -Infinity;
+          for (let i = a; i < a + n; i++) {
+            if (devs[eps[i]].peer && i - last >= gap) { taken[i - a] = 1; last = i; }
+          }
+          for (let i = Math.ceil(a / every) * every; i < a + n; i += every) {
+            let free = true;
+            for (let q = Math.max(a, i - gap + 1); q < Math.min(a + n, i + gap); q++) if (taken[q - a]) { free = false; break; }
+            if (free) taken[i - a] = 2;
+          }
+          for (let i = 0; i < n; i++) if (taken[i]) out.push(a + i);
+          return out;
         }
+        ctx.beginPath();
+        for (const i of labelled(i0, rows)) {
+          const y = oy + i * s + s / 2;
+          if (y > G + 4) { ctx.fillText(lab(i), G - BAND - 6, y); ctx.moveTo(G - BAND - 4, y + 0.5); ctx.lineTo(G - BAND, y + 0.5); }
+        }
+        ctx.stroke();
         ctx.save();
         ctx.rotate(-Math.PI / 2);
         ctx.textAlign = 'left';
-        for (let j = j0; j < j0 + cols; j++) {
+        ctx.beginPath();
+        for (const j of labelled(j0, cols)) {
           const x = ox + j * s + s / 2;
-          if (x > G) ctx.fillText(shortBdf(devs[eps[j]].bdf), -G + 4, x);
+          if (x > G + 4) { ctx.fillText(lab(j), -(G - BAND - 6), x); ctx.moveTo(-(G - BAND - 4), x + 0.5); ctx.lineTo(-(G - BAND), x + 0.5); }
         }
+        ctx.stroke();
         ctx.restore();
         ctx.fillStyle = '#e4e7eb';
         ctx.fillRect(0, 0, G, G);
@@ -573,8 +716,9 @@
       if (!p) { tip.hidden = true; return; }
       const c = cell(p[0], p[1]);
       tip.hidden = false;
-      tip.textContent = c.provider + ' \u2192 ' + c.client + ':  ' + (c.self ? 'same function' : c.mapType) +
-        '  distance ' + c.distance + (c.certain ? '' : ' (uncertain)');
+      tip.textContent = epLabel(c.i) + ' ' + shortBdf(c.provider) + ' \u2192 ' + epLabel(c.j) + ' ' +
+        shortBdf(c.client) + ':  ' + (c.self ? 'same function' : c.mapType) + '  distance ' + c.distance +
+        (c.certain ? '' : ' (uncertain)') + (c.fixable ? '  (ACS-caused: fixable)' : '');
       tip.style.left = Math.min(e.clientX + 14, window.innerWidth - 540) + 'px';
       tip.style.top = (e.clientY + 16) + 'px';
       if (!hover || hover[0] !== p[0] || hover[1] !== p[1]) { hover = p; showPair(p[0], p[1], false); redraw(); }
@@ -599,7 +743,7 @@
   (function causes() {
     const per = new Map();
     for (let k = 0; k < N * N; k++) {
-      if (MT[k] === 3) continue;
+      if (MT[k] === 3 || k % (N + 1) === 0) continue;
       const c = CAUSE[k];
       const e = per.get(c);
       if (e) e.n++; else per.set(c, {n: 1, k: k, mt: MT[k]});
@@ -610,16 +754,19 @@
     const limit = 60;
     const table = el('table', null, box);
     const hr = el('tr', null, el('thead', null, table));
-    for (const h of ['pairs', 'map type', 'reason', 'fix']) el('th', null, hr).textContent = h;
+    for (const h of ['pairs', 'map type', 'reason', 'fix (as p2pdma fix recommends it)']) el('th', null, hr).textContent = h;
     const tb = el('tbody', null, table);
     for (const [ci, info] of rows.slice(0, limit)) {
       const cz = D.causes[ci];
       const tr = el('tr', {class: 'cause', title: 'click to show an example pair'}, tb);
       el('td', null, tr).textContent = String(info.n);
-      el('span', {class: 'badge ' + PAL[info.mt].cls}, el('td', null, tr)).textContent = MT_NAME[info.mt];
+      const fixable = FIXABLE[ci] === 1;
+      el('span', {class: 'badge ' + PAL[info.mt].cls + (fixable ? ' cell-fixable' : '')}, el('td', null, tr))
+        .textContent = MT_NAME[info.mt];
       el('td', null, tr).textContent = cz[0];
-      const fx = el('td', null, tr);
-      if (cz[1]) el('code', null, fx).textContent = cz[1];
+      const fx = el('td', {class: 'fix-cell'}, tr);
+      if (CFG_ACS[ci]) { paramCode(fx, CFG_ACS[ci]); el('div', {class: 'hint'}, fx).textContent = 'or'; }
+      if (cz[1]) paramCode(fx, cz[1]);
       tr.addEventListener('click', () => { shownKey = ''; showPair(Math.floor(info.k / N), info.k % N, true); });
     }
     if (rows.length > limit) {
@@ -649,9 +796,76 @@
   });
 
   // ---- the API the tests (and curious users) call; the #select= and #probe= hashes ----
+  // every name pci.names.lookup() takes: alias (GPU0, any case), dN / bN, short or full BDF, OS name
+  const byName = new Map();
+  const allNames = [];
+  function addName(n, k) {
+    const key = n.toLowerCase();
+    if (!byName.has(key)) { byName.set(key, k); allNames.push(n); } else if (byName.get(key) !== k) byName.set(key, -1);
+  }
+  devs.forEach((d, k) => {
+    addName(d.bdf, k);
+    if (d.alias) addName(d.alias, k);
+    if (d.label) addName(d.label, k);
+    if (d.dn >= 0) addName('d' + d.dn, k);
+    for (const o of d.os_names || []) addName(o, k);
+  });
+  const SHORT_BDF = /^(?:([0-9a-f]{1,8}):)?([0-9a-f]{1,2}):([0-9a-f]{1,2})\.([0-7])$/i;
+  const NVME_NS = /^(nvme\d+)(?:c\d+)?n\d+(?:p\d+)?$/;
+  function similar(a, b) {  // difflib-like ratio from the edit distance
+    const m = a.length, n = b.length, row = Array.from({length: n + 1}, (_, j) => j);
+    for (let i = 1; i <= m; i++) {
+      let prev = row[0]; row[0] = i;
+      for (let j = 1; j <= n; j++) {
+        const t = row[j];
+        row[j] = Math.min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+        prev = t;
+      }
+    }
+    return 1 - row[n] / Math.max(1, m, n);
+  }
+  function didYouMean(text) {
+    const t = text.toLowerCase();
+    const near = allNames.map((n) => [similar(t, n.toLowerCase()), n]).filter((x) => x[0] >= 0.6)
+      .sort((a, b) => b[0] - a[0]).slice(0, 3).map((x) => x[1]);
+    if (near.length) return '; did you mean ' + near.join(', ') + '?';
+    const known = devs.filter((d) => d.alias).map((d) => d.alias).slice(0, 8);
+    return known.length ? '; known names include ' + known.join(', ') : '';
+  }
+  function findDevice(name) {
+    const text = name.trim();
+    let k = byName.get(text.toLowerCase());
+    if (k === undefined) {
+      const m = SHORT_BDF.exec(text);
+      if (m) {
+        const dom = m[1] === undefined ? null : parseInt(m[1], 16);
+        const bus = parseInt(m[2], 16), slot = parseInt(m[3], 16), fn = parseInt(m[4], 10);
+        let hits = [];
+        devs.forEach((d, i) => {
+          const p = /^([0-9a-f]+):([0-9a-f]+):([0-9a-f]+)\.([0-7])$/i.exec(d.bdf);
+          if (p && parseInt(p[2], 16) === bus && parseInt(p[3], 16) === slot && parseInt(p[4], 10) === fn &&
+              (dom === null || parseInt(p[1], 16) === dom)) hits.push([i, parseInt(p[1], 16)]);
+        });
+        if (hits.length > 1 && dom === null) { const z = hits.filter((h) => h[1] === 0); if (z.length === 1) hits = z; }
+        if (hits.length === 1) k = hits[0][0];
+      }
+    }
+    if (k === undefined) {
+      const ns = NVME_NS.exec(text);
+      if (ns) k = byName.get(ns[1].toLowerCase());
+    }
+    if (k === undefined || k < 0) {
+      throw new Error((k === undefined ? 'unknown device ' : 'more than one device is called ') + JSON.stringify(text) +
+        ' in machine ' + D.machine + (k === undefined ? didYouMean(text) : ''));
+    }
+    return k;
+  }
   function epIndex(b) {
-    const k = byBdf.get(b);
-    if (k === undefined || devs[k].ep < 0) throw new Error('not an endpoint in the matrix: ' + b);
+    const k = findDevice(b);
+    if (devs[k].ep < 0) {
+      throw new Error(devLabel(k) + ' (' + devs[k].bdf + ') is not in this report\'s matrix' +
+        (devs[k].bridge ? ': it is a bridge' : ': the view left it out (p2pdma report --all-functions shows it)'));
+    }
     return devs[k].ep;
   }
   function select(p, c) { shownKey = ''; return showPair(epIndex(p), epIndex(c), true); }
@@ -659,8 +873,15 @@
   window.p2pdma = {cell: probe, select: select, data: D};
   $('pair-form').addEventListener('submit', (e) => {
     e.preventDefault();
-    const parts = $('pair-input').value.trim().split(/[\s,]+/);
-    try { select(parts[0], parts[1]); } catch (err) { $('details-body').textContent = String(err.message); }
+    const parts = $('pair-input').value.trim().split(/[\s,]+/).filter(Boolean);
+    try {
+      if (parts.length !== 2) throw new Error('give two devices: provider then client (GPU0 NIC0, d3 d5, 3:0.0 mlx5_0)');
+      select(parts[0], parts[1]);
+      $('details').removeAttribute('data-error');
+    } catch (err) {
+      $('details').setAttribute('data-error', String(err.message));
+      $('details-body').textContent = String(err.message);
+    }
   });
 
   if (devs.length > D.collapse_above) collapseSwitches(); else layout();
@@ -689,6 +910,9 @@
       $('details').setAttribute('data-error', String(err.message));
       $('details-body').textContent = String(err.message);
     }
+  } else if (D.initial) {
+    shownKey = '';
+    showPair(D.initial[0], D.initial[1], true);
   } else if (N > 1) {
     showPair(0, 1, false);
   }
