@@ -133,7 +133,7 @@ def render_matrix(mat: Matrix, sel: Selection, term: Term, total: int) -> str:
     summary = sel.summary(topo)
     if summary:
         lines.append(summary)
-    lines.extend(device_table(topo, mat.bdfs, label, term.width))
+    lines.extend(device_table(topo, mat.bdfs, label, term.width or term.table_width))  # piped too: a table
     if n > MAX_TABLE_COLUMNS:
         lines.append(f"{n} functions: too many columns for a table; use --json or --csv for every pair.")
     elif n > 1:
