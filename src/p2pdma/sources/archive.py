@@ -14,16 +14,20 @@ import bz2
 import dataclasses
 import gzip
 import io
+import itertools
 import json
 import lzma
+import operator
 import os
 import stat
 import zlib
 from typing import IO, Any, cast
 
+import numpy as np
+
 from p2pdma.errors import SourceError
 from p2pdma.pci.topology import Topology
-from p2pdma.sources.fs import ArchiveFs, LinkEscape, resolve, split
+from p2pdma.sources.fs import MAX_LINK_HOPS, MAX_LOOKUP, ArchiveFs, LinkEscape, resolve, split
 
 MANIFEST = "p2pdma-capture.json"
 CAPTURE_SCHEMAS = ("p2pdma.capture/1", "p2pdma.capture/2")
@@ -277,7 +281,7 @@ def iter_members(buf: bytes) -> list[Member]:
 
 def index_members(buf: bytes, members: list[Member], *, label: str = "") -> ArchiveFs:
     """Check the members as a whole (duplicates, parents, links) and index them in memory."""
-    files: dict[str, bytes] = {}
+    files: dict[str, tuple[int, int]] = {}
     links: dict[str, str] = {}
     kinds: dict[str, bytes] = {}
     for m in members:
@@ -300,7 +304,7 @@ def index_members(buf: bytes, members: list[Member], *, label: str = "") -> Arch
             raise ArchiveError(f"member {shown} appears twice")
         kinds[name] = m.type
         if m.type == b"0":
-            files[name] = buf[m.offset : m.offset + m.size]
+            files[name] = (m.offset, m.size)
         elif m.type == b"2":
             links[name] = m.linkname
     dirs: dict[str, set[str]] = {"": set()}
@@ -326,7 +330,355 @@ def index_members(buf: bytes, members: list[Member], *, label: str = "") -> Arch
             resolved[name] = resolve(links[name], links.get, split(head), resolved)
         except LinkEscape:
             raise ArchiveError(f"link {name[:80]!r} -> {links[name][:80]!r} leads outside the root") from None
-    return ArchiveFs(files, links, {k: sorted(v) for k, v in dirs.items()}, label=label, resolved=resolved)
+    return ArchiveFs(buf, files, links, {k: sorted(v) for k, v in dirs.items()}, label=label, resolved=resolved)
+
+
+# --- the fast path -------------------------------------------------------------------------
+#
+# Every header is still parsed and checked, but with numpy over all headers at once; the Python loop
+# only follows the chain of header offsets. The fast path accepts a strict subset of what the checks
+# above accept (canonical number fields, no duplicates, no odd names, at most MAX_LINK_HOPS links
+# counted the kernel's way, nested ones included) and builds the same index; on anything else it gives
+# up (_Unusual) and the checks above decide, wording the refusal themselves.
+
+
+class _Unusual(Exception):
+    """The fast path does not take this archive; the reference checks decide."""
+
+
+_EXT = (ord("x"), ord("L"), ord("K"), ord("g"))
+_T_FILE = (ord("0"), 0, ord("7"))
+_T_DIR = ord("5")
+_T_LINK = ord("2")
+# absolute, empty, doubled slashes, ``.`` or ``..`` components: in names joined and framed by NULs
+_ODD_NAME = ("\0/", "\0\0", "//", "/./", "/../", "\0./", "\0../", "/.\0", "/..\0", "\0.\0", "\0..\0")
+
+
+_POW8 = np.left_shift(np.int64(1), 3 * np.arange(10, -1, -1, dtype=np.int64))
+_LO = np.uint64(0x00FF00FF00FF00FF)
+
+
+def _octal_fields(fields: Any, digits: int) -> Any:
+    """The values of tar number fields written the usual way (``digits`` octal digits, then NUL or
+    space: ``%011o\\0``, ``%06o\\0 ``), -1 for any other field (the caller reads those with _octal())."""
+    d = fields[:, :digits] - np.uint8(48)  # wraps for non-digits, so <= 7 means an octal digit
+    end = fields[:, digits:]
+    ok = np.all(d <= 7, axis=1) & np.all((end == 0) | (end == 32), axis=1)
+    return np.where(ok, d.astype(np.int64) @ _POW8[11 - digits :], -1)
+
+
+def _header_sums(blocks: Any) -> Any:
+    """The byte sum of each 512-byte block (SWAR: 16-bit lanes of 64-bit words never overflow)."""
+    words = blocks.view(np.uint64)
+    lanes = ((words & _LO) + ((words >> np.uint64(8)) & _LO)).sum(axis=1, dtype=np.uint64)
+    mask = np.uint64(0xFFFF)
+    total = (lanes & mask) + ((lanes >> np.uint64(16)) & mask)
+    total += ((lanes >> np.uint64(32)) & mask) + (lanes >> np.uint64(48))
+    return total.astype(np.int64)
+
+
+def _fallback(found: Any, blocks: Any, rows: Any, lo: int, hi: int, what: str) -> Any:
+    """``found`` with its -1 entries read by _octal() from bytes lo:hi of the matching ``rows``."""
+    bad = np.flatnonzero(found < 0)
+    if len(bad):
+        found = found.copy()
+        for i in bad.tolist():
+            try:
+                found[i] = _octal(bytes(blocks[int(rows[i]), lo:hi]), what)
+            except ArchiveError:
+                raise _Unusual from None
+    return found
+
+
+def _strings(rows: Any, width: int) -> list[str] | None:
+    """NUL-terminated text fields of ``rows`` (k x width bytes) as str; None when one holds bytes past
+    its first NUL."""
+    raw = np.ascontiguousarray(rows).view(f"S{width}").ravel().tolist()
+    joined = b"\0".join(raw)
+    if joined.count(0) != len(raw) - 1:
+        return None
+    return joined.decode("utf-8", "surrogateescape").split("\0") if raw else []
+
+
+def _fast_members(buf: bytes) -> tuple[list[str], list[int], list[int], list[int], list[int], list[str]]:
+    """Names, type bytes, data offsets and sizes of every member, the rows of the links and their
+    targets; _Unusual when anything is not plain."""
+    nb = len(buf) // 512
+    if nb == 0:
+        raise _Unusual
+    blocks = np.frombuffer(buf, np.uint8, nb * 512).reshape(nb, 512)
+    sizes_all = _octal_fields(blocks[:, 124:136], 11)
+    step = np.where(sizes_all >= 0, np.arange(1, nb + 1) + (sizes_all + 511) // 512, -1).tolist()
+    chain: list[int] = []
+    append = chain.append
+    j = 0
+    while j < nb:
+        nxt = step[j]
+        if nxt < 0:
+            if buf[j * 512 : j * 512 + 512] == _ZERO:
+                break
+            try:
+                nxt = j + 1 + (_octal(buf[j * 512 + 124 : j * 512 + 136], "size") + 511) // 512
+            except ArchiveError:
+                raise _Unusual from None
+        if nxt > nb:
+            raise _Unusual
+        append(j)
+        j = nxt
+    if not chain:
+        raise _Unusual
+    idx = np.array(chain, dtype=np.intp)
+    sizes = _fallback(sizes_all[idx], blocks, idx, 124, 136, "size")
+    stored = _fallback(_octal_fields(blocks[idx, 148:156], 6), blocks, idx, 148, 156, "checksum")
+    sums = _header_sums(blocks)[idx] - blocks[idx, 148:156].sum(axis=1, dtype=np.int64) + 256
+    if not np.array_equal(sums, stored):
+        raise _Unusual
+    types = blocks[idx, 156]
+    ext = np.isin(types, _EXT)
+    member = ~ext
+    mtypes = types[member]
+    is_file = np.isin(mtypes, _T_FILE)
+    if not np.all(is_file | (mtypes == _T_DIR) | (mtypes == _T_LINK)):
+        raise _Unusual
+    msizes = sizes[member]
+    n_members = len(mtypes)
+    if n_members > MAX_MEMBERS or n_members == 0:
+        raise _Unusual
+    if np.any(msizes[~is_file] != 0) or np.any(msizes > MAX_MEMBER_SIZE):
+        raise _Unusual
+    if int(msizes.sum()) > MAX_TOTAL_SIZE:
+        raise _Unusual
+    mrows = idx[member]
+    names = _strings(blocks[mrows, 0:100], 100)
+    if names is None:
+        raise _Unusual
+    posix = np.all(blocks[mrows, 257:263] == np.frombuffer(b"ustar\0", np.uint8), axis=1) & (blocks[mrows, 345] != 0)
+    for r in np.flatnonzero(posix).tolist():
+        names[r] = _text(bytes(blocks[int(mrows[r]), 345:500])) + "/" + names[r]
+    offsets = (mrows * 512 + 512).tolist()
+    kinds = mtypes.tolist()
+    link_rows = np.flatnonzero(mtypes == _T_LINK)
+    targets = _strings(blocks[mrows[link_rows], 157:257], 100)
+    if targets is None:
+        raise _Unusual
+    if ext.any():
+        # extended headers (GNU long names and links, pax records) apply to the next member
+        row_of = np.cumsum(member) - 1  # member row of each header (the previous one for extensions)
+        link_at = {r: i for i, r in enumerate(link_rows.tolist())}
+        ext_pos = np.flatnonzero(ext).tolist()
+        ext_set = set(ext_pos)
+        pending: dict[str, str] = {}
+        for h in ext_pos:
+            size = int(sizes[h])
+            if size > MAX_MEMBER_SIZE:
+                raise _Unusual
+            at = chain[h] * 512 + 512
+            data = buf[at : at + size]
+            kind = int(types[h])
+            if kind == ord("x"):
+                try:
+                    pending.update(_pax(data))
+                except ArchiveError:
+                    raise _Unusual from None
+            elif kind == ord("L"):
+                pending["path"] = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif kind == ord("K"):
+                pending["linkpath"] = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            else:
+                raise _Unusual
+            if h + 1 in ext_set:
+                continue
+            if h + 1 >= len(chain) or "size" in pending or any(k.startswith("GNU.sparse") for k in pending):
+                raise _Unusual
+            r = int(row_of[h + 1])
+            if "path" in pending:
+                names[r] = pending["path"]
+            if "linkpath" in pending:
+                li = link_at.get(r)
+                if li is not None:
+                    targets[li] = pending["linkpath"]
+            pending = {}
+    for r in np.flatnonzero(mtypes == 0).tolist():
+        if names[r].endswith("/"):
+            if int(msizes[r]) != 0:
+                raise _Unusual
+            kinds[r] = _T_DIR
+    return names, kinds, offsets, msizes.tolist(), link_rows.tolist(), targets
+
+
+def _clean_names(names: list[str]) -> str:
+    """The members' names, NUL-framed (``\\0a\\0b/c\\0``), one trailing slash dropped; _Unusual for an
+    absolute, NUL-holding or over-long name. Empty, ``.`` and ``..`` components and depth are checked
+    as the directories are listed (_fast_index)."""
+    joined = "\0" + "\0".join(names) + "\0"
+    if joined.count("\0") != len(names) + 1 or "\0/" in joined or max(map(len, names)) > MAX_NAME:
+        raise _Unusual
+    return joined.replace("/\0", "\0") if "/\0" in joined else joined
+
+
+def _fast_links(links: dict[str, str]) -> dict[str, str]:
+    """Every link resolved inside the root, as resolve() does; _Unusual for a link out, a loop, an odd
+    target or more than MAX_LINK_HOPS links on one path (counted with the nested ones).
+
+    Members' parents are directories (checked before), so a link's parent is its real place and the
+    leading ``..`` of its target climb real directories; what follows is plain names, resolved left to
+    right through memoised directories: ``dirs`` maps a path to its real place and the links followed.
+    """
+    done: dict[str, tuple[str, int]] = {}
+    busy: set[str] = set()
+    dirs: dict[str, tuple[str, int]] = {"": ("", 0)}
+
+    def walk(path: str) -> tuple[str, int]:
+        hit = dirs.get(path)
+        if hit is not None:
+            return hit
+        head, _, tail = path.rpartition("/")
+        base, hops = walk(head) if head else ("", 0)
+        cand = f"{base}/{tail}" if base else tail
+        if cand in links:
+            real, more = done.get(cand) or follow(cand)
+            hit = (real, hops + 1 + more)
+        else:
+            hit = (cand, hops)
+        dirs[path] = hit
+        return hit
+
+    def follow(name: str) -> tuple[str, int]:
+        if name in busy:
+            raise _Unusual  # a loop
+        busy.add(name)
+        target = links[name]
+        if not target or target[0] == "/" or "\0" in target or len(target) > MAX_LINK_TARGET:
+            raise _Unusual
+        base = name.rpartition("/")[0]
+        while target[:3] == "../":
+            if not base:
+                raise _Unusual
+            base = base.rpartition("/")[0]
+            target = target[3:]
+        if target[:1] == "." or "/." in target or "//" in target or target[-1:] == "/":
+            parts = split(target)
+            while parts and parts[0] == "..":
+                if not base:
+                    raise _Unusual
+                base = base.rpartition("/")[0]
+                del parts[0]
+            if ".." in parts:
+                raise _Unusual  # a/../b: a may be a link; resolve() decides
+            target = "/".join(parts)
+        if len(base) + len(target) >= MAX_LOOKUP // 2:
+            raise _Unusual
+        if not target:
+            hit = walk(base)
+        else:
+            head, _, tail = target.rpartition("/")
+            where = (f"{base}/{head}" if head else base) if base else head
+            up = dirs.get(where) or walk(where)
+            cand = f"{up[0]}/{tail}" if up[0] else tail
+            if cand in links:
+                real, more = done.get(cand) or follow(cand)
+                hit = (real, up[1] + 1 + more)
+            else:
+                hit = (cand, up[1])
+        if hit[1] > MAX_LINK_HOPS:
+            raise _Unusual
+        busy.discard(name)
+        done[name] = hit
+        return hit
+
+    for name in links:
+        if name not in done:
+            follow(name)
+    return {name: hit[0] for name, hit in done.items()}
+
+
+def _pick(seq: list[Any], rows: list[int]) -> list[Any]:
+    if not rows:
+        return []
+    got = operator.itemgetter(*rows)(seq)
+    return list(got) if len(rows) > 1 else [got]
+
+
+_DOTS = frozenset(("", ".", ".."))
+
+
+def _fast_index(buf: bytes, label: str) -> tuple[ArchiveFs, tuple[int, int] | None]:
+    """The archive's view below its root and the span of a manifest beside that root, built by the
+    fast path; _Unusual when the reference checks must decide."""
+    raw, kinds, offsets, sizes, link_rows, targets = _fast_members(buf)
+    joined = _clean_names(raw)
+    names = joined[1:-1].split("\0")
+    n = len(names)
+    if len(set(names)) != n or "" in names:
+        raise _Unusual
+    kind_of = dict(zip(names, kinds, strict=True))
+    top_manifest: tuple[int, int] | None = None
+    depth = 0
+    kind_sys = kind_of.get("sys")
+    if kind_sys != _T_DIR and not (kind_sys is None and "\0sys/" in joined):
+        # hwloc-gather-topology's layout: one top folder holding sys (and a manifest beside it)
+        top = next((x.partition("/")[0] for x in names if x != MANIFEST), "")
+        pre = top + "/"
+        inside = joined.count("\0" + pre)
+        dropped = [names.index(x) for x in (top, MANIFEST) if x in kind_of]
+        if top in _DOTS or inside + len(dropped) != n or kind_of.get(top, _T_DIR) != _T_DIR:
+            raise _Unusual
+        if kind_of.get(pre + "sys", _T_DIR) != _T_DIR or not (pre + "sys" in kind_of or "\0" + pre + "sys/" in joined):
+            raise _Unusual
+        if MANIFEST in kind_of:
+            at = names.index(MANIFEST)
+            if not _is_file(kinds[at]):
+                raise _Unusual
+            top_manifest = (offsets[at], sizes[at])
+        names = joined.replace("\0" + pre, "\0")[1:-1].split("\0")
+        lrows = np.asarray(link_rows, dtype=np.intp)
+        for i in sorted(dropped, reverse=True):
+            del names[i], kinds[i], offsets[i], sizes[i]
+            lrows -= lrows > i
+        link_rows = lrows.tolist()
+        kind_of = dict(zip(names, kinds, strict=True))
+        depth = 1
+    karr = np.array(kinds, dtype=np.uint8)
+    frows = np.flatnonzero((karr != _T_DIR) & (karr != _T_LINK)).tolist()
+    files = dict(zip(_pick(names, frows), zip(_pick(offsets, frows), _pick(sizes, frows), strict=True), strict=True))
+    links = dict(zip(_pick(names, link_rows), targets, strict=True))
+    children: dict[str, list[str]] = {"": []}
+    get = children.get
+    for parent, _, base in map(str.rpartition, names, itertools.repeat("/")):
+        if base in _DOTS:
+            raise _Unusual
+        entries = get(parent)
+        if entries is None:
+            children[parent] = [base]
+        else:
+            entries.append(base)
+    work = [d for d in children if d and d not in kind_of]
+    while work:
+        d = work.pop()
+        parent, _, base = d.rpartition("/")
+        if base in _DOTS:
+            raise _Unusual
+        entries = get(parent)
+        if entries is None:
+            children[parent] = [base]
+            if parent and parent not in kind_of:
+                work.append(parent)
+        else:
+            entries.append(base)
+    for d in children:
+        if d and kind_of.get(d, _T_DIR) != _T_DIR:
+            raise _Unusual  # a member below a file or link
+    if depth + 1 + max(map(str.count, children, itertools.repeat("/"))) + 1 > MAX_DEPTH:
+        raise _Unusual
+    for x in _pick(names, np.flatnonzero(karr == _T_DIR).tolist()):
+        if x not in children:
+            children[x] = []
+    resolved = _fast_links(links)
+    return ArchiveFs(buf, files, links, children, label=label, resolved=resolved), top_manifest
+
+
+def _is_file(kind: int) -> bool:
+    return kind != _T_DIR and kind != _T_LINK
 
 
 def _root_prefix(fs: ArchiveFs) -> str:
@@ -356,7 +708,7 @@ def _chroot(fs: ArchiveFs, prefix: str) -> ArchiveFs:
             resolved[name] = resolve(links[name], links.get, split(name.rpartition("/")[0]), resolved)
         except LinkEscape:
             raise ArchiveError(f"link {(pre + name)[:80]!r} -> {links[name][:80]!r} leads outside the root") from None
-    return ArchiveFs(files, links, dirs, label=fs.label, resolved=resolved)
+    return ArchiveFs(fs.data, files, links, dirs, label=fs.label, resolved=resolved)
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
@@ -398,10 +750,15 @@ def open_archive(path: str | os.PathLike[str], *, data: bytes | None = None) -> 
         elif len(data) > MAX_ARCHIVE_SIZE:
             raise ArchiveError(f"archive is larger than {MAX_ARCHIVE_SIZE} bytes")
         buf = decompress(data)
-        whole = index_members(buf, iter_members(buf), label=where)
-        prefix = _root_prefix(whole)
-        manifest = _read_manifest(whole, prefix)
-        return OpenArchive(_chroot(whole, prefix), manifest)
+        try:
+            fs, top_manifest = _fast_index(buf, where)
+        except _Unusual:
+            whole = index_members(buf, iter_members(buf), label=where)
+            prefix = _root_prefix(whole)
+            manifest = _read_manifest(whole, prefix)
+            return OpenArchive(_chroot(whole, prefix), manifest)
+        span = top_manifest or fs.files.get(MANIFEST)
+        return OpenArchive(fs, _manifest(buf[span[0] : span[0] + span[1]]) if span else None)
     except ArchiveError as exc:
         raise SourceError(f"{where}: refused: {exc}") from None
 
@@ -410,14 +767,19 @@ def _read_manifest(fs: ArchiveFs, prefix: str) -> dict[str, Any] | None:
     for name in (MANIFEST, f"{prefix}/{MANIFEST}" if prefix else None):
         if name is None or name not in fs.files:
             continue
-        try:
-            doc = json.loads(fs.files[name].decode("utf-8"))
-        except (ValueError, RecursionError) as exc:
-            raise ArchiveError(f"manifest {MANIFEST} is not JSON ({_one_line(exc)})") from None
-        if not isinstance(doc, dict) or doc.get("schema") not in CAPTURE_SCHEMAS:
-            raise ArchiveError(f"manifest {MANIFEST} is not a {CAPTURE_SCHEMAS[-1]} document")
-        return doc
+        at, size = fs.files[name]
+        return _manifest(fs.data[at : at + size])
     return None
+
+
+def _manifest(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise ArchiveError(f"manifest {MANIFEST} is not JSON ({_one_line(exc)})") from None
+    if not isinstance(doc, dict) or doc.get("schema") not in CAPTURE_SCHEMAS:
+        raise ArchiveError(f"manifest {MANIFEST} is not a {CAPTURE_SCHEMAS[-1]} document")
+    return doc
 
 
 def manifest_notes(manifest: dict[str, Any]) -> list[str]:

@@ -1,7 +1,8 @@
 """One read-only view of a machine's root, live or archived, that every sysfs/procfs reader goes through.
 
 ``LiveFs`` reads a directory with plain ``os`` calls (string paths, no pathlib in the hot loops);
-``ArchiveFs`` holds an archive's members in memory, indexed once (see ``sources.archive``). Both
+``ArchiveFs`` holds an archive's members in memory, indexed once (see ``sources.archive``): files
+are spans of the decompressed stream, sliced only when read. Both
 resolve links chroot-style: an absolute target restarts at the root, ``..`` above the root or more
 than 40 links on one path is an escape (``LinkEscape``). Resolution is linear in the path's length.
 """
@@ -231,26 +232,38 @@ class LiveFs(FsView):
 
 
 class ArchiveFs(FsView):
-    """An archive's members held in memory: files (bytes), links (targets) and directories (entries).
+    """An archive's members held in memory: files (spans of the decompressed tar stream ``data``),
+    links (targets) and directories (entry names).
 
-    Built by ``sources.archive.open_archive()`` after validation; nothing is ever written to disk.
+    Built by ``sources.archive.open_archive()`` after validation; nothing is ever written to disk and
+    no file's bytes are copied until it is read.
     """
 
     def __init__(
         self,
-        files: dict[str, bytes],
+        data: bytes,
+        files: dict[str, tuple[int, int]],
         links: dict[str, str],
         dirs: dict[str, list[str]],
         *,
         label: str = "",
         resolved: dict[str, str] | None = None,
     ) -> None:
+        self.data = data
         self.files = files
         self.links = links
         self.dirs = dirs
         self.label = label
         self.resolved = resolved if resolved is not None else {}
         self._dirs: dict[str, str] = {}
+
+    def content(self, real: str, limit: int = MAX_READ) -> bytes | None:
+        """At most ``limit`` bytes of the regular file at ``real`` (no link followed), None if none."""
+        span = self.files.get(real)
+        if span is None:
+            return None
+        at, size = span
+        return self.data[at : at + min(size, limit)]
 
     def readlink(self, real: str) -> str | None:
         return self.links.get(real)
@@ -274,12 +287,13 @@ class ArchiveFs(FsView):
 
     def read(self, rel: str, limit: int = MAX_READ) -> bytes:
         real = self.resolve(rel)
-        data = self.files.get(real)
-        if data is None:
+        span = self.files.get(real)
+        if span is None:
             if real in self.dirs:
                 raise NotRegular(errno.EISDIR, "is a directory")
             raise FileNotFoundError(errno.ENOENT, "missing")
-        return data[:limit] if len(data) > limit else data
+        at, size = span
+        return self.data[at : at + min(size, limit)]
 
     def listdir(self, rel: str) -> list[str]:
         real = self.resolve(rel)
