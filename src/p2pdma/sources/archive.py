@@ -393,6 +393,8 @@ def _fallback(found: Any, blocks: Any, rows: Any, lo: int, hi: int, what: str) -
 def _strings(rows: Any, width: int) -> list[str] | None:
     """NUL-terminated text fields of ``rows`` (k x width bytes) as str; None when one holds bytes past
     its first NUL."""
+    if not len(rows):
+        return []
     raw = np.ascontiguousarray(rows).view(f"S{width}").ravel().tolist()
     joined = b"\0".join(raw)
     if joined.count(0) != len(raw) - 1:
@@ -463,41 +465,46 @@ def _fast_members(buf: bytes) -> tuple[list[str], list[int], list[int], list[int
         raise _Unusual
     if ext.any():
         # extended headers (GNU long names and links, pax records) apply to the next member
-        row_of = np.cumsum(member) - 1  # member row of each header (the previous one for extensions)
+        row_of = (np.cumsum(member) - 1).tolist()  # member row of each header
         link_at = {r: i for i, r in enumerate(link_rows.tolist())}
         ext_pos = np.flatnonzero(ext).tolist()
         ext_set = set(ext_pos)
+        ext_sizes = sizes[ext].tolist()
+        ext_types = types[ext].tolist()
         pending: dict[str, str] = {}
-        for h in ext_pos:
-            size = int(sizes[h])
+        long_name: str | None = None
+        long_link: str | None = None
+        for h, size, kind in zip(ext_pos, ext_sizes, ext_types, strict=True):
             if size > MAX_MEMBER_SIZE:
                 raise _Unusual
             at = chain[h] * 512 + 512
             data = buf[at : at + size]
-            kind = int(types[h])
-            if kind == ord("x"):
+            if kind == 120:  # x
                 try:
                     pending.update(_pax(data))
                 except ArchiveError:
                     raise _Unusual from None
-            elif kind == ord("L"):
-                pending["path"] = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            elif kind == ord("K"):
-                pending["linkpath"] = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif kind == 76:  # L: a pax path still wins, as in iter_members()
+                long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif kind == 75:  # K
+                long_link = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             else:
                 raise _Unusual
             if h + 1 in ext_set:
                 continue
             if h + 1 >= len(chain) or "size" in pending or any(k.startswith("GNU.sparse") for k in pending):
                 raise _Unusual
-            r = int(row_of[h + 1])
-            if "path" in pending:
-                names[r] = pending["path"]
-            if "linkpath" in pending:
+            r = row_of[h + 1]
+            path = pending.get("path", long_name)
+            if path is not None:
+                names[r] = path
+            link = pending.get("linkpath", long_link)
+            if link is not None:
                 li = link_at.get(r)
                 if li is not None:
-                    targets[li] = pending["linkpath"]
+                    targets[li] = link
             pending = {}
+            long_name = long_link = None
     for r in np.flatnonzero(mtypes == 0).tolist():
         if names[r].endswith("/"):
             if int(msizes[r]) != 0:
@@ -586,9 +593,34 @@ def _fast_links(links: dict[str, str]) -> dict[str, str]:
         done[name] = hit
         return hit
 
-    for name in links:
-        if name not in done:
+    # the usual link (``../../devices/x/y``, nothing odd, no link on the way) inline; the rest by follow()
+    get = dirs.get
+    for name, target in links.items():
+        if name in done:
+            continue
+        rest = target.lstrip("./")
+        lead = len(target) - len(rest)
+        base = name.rpartition("/")[0]
+        odd = not rest or "/." in rest or "//" in rest or rest[-1] == "/"
+        if odd or (lead and target[:lead] != "../" * (lead // 3)):
             follow(name)
+            continue
+        if lead:
+            up = lead // 3
+            depth = base.count("/") + 1 if base else 0
+            if up > depth:
+                raise _Unusual  # out of the root
+            base = base.rsplit("/", up)[0] if up < depth else ""
+        head, _, tail = rest.rpartition("/")
+        where = (f"{base}/{head}" if head else base) if base else head
+        hit = get(where) or walk(where)
+        cand = f"{hit[0]}/{tail}" if hit[0] else tail
+        if cand in links or len(cand) >= MAX_LOOKUP // 2 or "\0" in target or len(target) > MAX_LINK_TARGET:
+            follow(name)
+            continue
+        done[name] = (cand, hit[1])
+    if done and max(hops for _, hops in done.values()) > MAX_LINK_HOPS:
+        raise _Unusual
     return {name: hit[0] for name, hit in done.items()}
 
 
@@ -607,9 +639,19 @@ def _fast_index(buf: bytes, label: str) -> tuple[ArchiveFs, tuple[int, int] | No
     fast path; _Unusual when the reference checks must decide."""
     raw, kinds, offsets, sizes, link_rows, targets = _fast_members(buf)
     joined = _clean_names(raw)
+    while "\0./" in joined:  # tar -C root -cf x.tar .
+        joined = joined.replace("\0./", "\0")
+    while "\0.\0" in joined:
+        joined = joined.replace("\0.\0", "\0\0")
     names = joined[1:-1].split("\0")
+    if "" in names:  # the root itself: skipped when a directory, as index_members() does
+        roots = [i for i, x in enumerate(names) if not x]
+        if any(kinds[i] != _T_DIR for i in roots):
+            raise _Unusual
+        link_rows = _drop(roots, names, kinds, offsets, sizes, link_rows)
+        joined = "\0" + "\0".join(names) + "\0"
     n = len(names)
-    if len(set(names)) != n or "" in names:
+    if len(set(names)) != n or not n:
         raise _Unusual
     kind_of = dict(zip(names, kinds, strict=True))
     top_manifest: tuple[int, int] | None = None
@@ -631,11 +673,7 @@ def _fast_index(buf: bytes, label: str) -> tuple[ArchiveFs, tuple[int, int] | No
                 raise _Unusual
             top_manifest = (offsets[at], sizes[at])
         names = joined.replace("\0" + pre, "\0")[1:-1].split("\0")
-        lrows = np.asarray(link_rows, dtype=np.intp)
-        for i in sorted(dropped, reverse=True):
-            del names[i], kinds[i], offsets[i], sizes[i]
-            lrows -= lrows > i
-        link_rows = lrows.tolist()
+        link_rows = _drop(dropped, names, kinds, offsets, sizes, link_rows)
         kind_of = dict(zip(names, kinds, strict=True))
         depth = 1
     karr = np.array(kinds, dtype=np.uint8)
@@ -675,6 +713,16 @@ def _fast_index(buf: bytes, label: str) -> tuple[ArchiveFs, tuple[int, int] | No
             children[x] = []
     resolved = _fast_links(links)
     return ArchiveFs(buf, files, links, children, label=label, resolved=resolved), top_manifest
+
+
+def _drop(rows: list[int], names: list[str], kinds: list[int], offsets: list[int], sizes: list[int],
+          link_rows: list[int]) -> list[int]:
+    """Delete members ``rows`` (no links) from the lists in place; the link rows renumbered."""
+    lrows = np.asarray(link_rows, dtype=np.intp)
+    for i in sorted(rows, reverse=True):
+        del names[i], kinds[i], offsets[i], sizes[i]
+        lrows -= lrows > i
+    return list(lrows.tolist())
 
 
 def _is_file(kind: int) -> bool:
