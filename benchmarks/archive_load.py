@@ -9,7 +9,10 @@ For a synthetic 64-endpoint capture, the 137-function hwloc-gathered tree
 absent): the best of ``--repeat`` loads by sources.archive.load_capture() (in memory), by read_root()
 of the tree unpacked beforehand (the reference: goal at most 1.5x), and by the old path (extract the
 archive into a temporary directory with tarfile, then read_root(); the copy in fleet_scale.py). The
-gathered tarball's load must take under 2 s. Each topology must equal the unpacked one's devices.
+decompression alone (sources.archive.decompress(), part of the in-memory load) is timed too, and the
+ratio is given with it and without it ("w/o dec"): a bzip2 stream of 9 MB takes longer to inflate than
+the unpacked tree takes to read. The gathered tarball's load must take under 2 s. Each topology must
+equal the unpacked one's devices.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from fleet_scale import old_extract  # noqa: E402  (the baseline's copy of the o
 
 from p2pdma.fleet import analyse  # noqa: E402
 from p2pdma.fleet.synth import write_fleet  # noqa: E402
-from p2pdma.sources.archive import load_capture  # noqa: E402
+from p2pdma.sources.archive import decompress, load_capture  # noqa: E402
 from p2pdma.sources.sysfs import read_root  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "hwloc"
@@ -67,19 +70,22 @@ def unpacked_root(archive: str, dest: str) -> str:
     return os.path.join(dest, top)
 
 
-def case(label: str, archive: str, repeat: int, work: Path) -> tuple[float, float, float]:
+def case(label: str, archive: str, repeat: int, work: Path) -> tuple[float, float, float, float]:
     dest = work / f"unpacked-{label}"
     dest.mkdir()
     root = unpacked_root(archive, str(dest))
     mem = load_capture(archive)
     tree = read_root(root)
     assert [d.bdf for d in mem.devices] == [d.bdf for d in tree.devices], f"{label}: devices differ"
+    with open(archive, "rb") as f:
+        raw = f.read()
     t_mem = best(lambda: load_capture(archive), repeat)
     t_tree = best(lambda: read_root(root), repeat)
+    t_dec = best(lambda: decompress(raw), repeat)
     t_old = best(lambda: old_path(archive), max(1, min(repeat, 3)))
-    print(f"  {label:<44} {len(mem.devices):>5} {t_mem * 1000:>9.1f} {t_tree * 1000:>9.1f} {t_mem / t_tree:>7.2f}x"
-          f" {t_old * 1000:>9.1f} {t_old / t_mem:>8.1f}x")
-    return t_mem, t_tree, t_old
+    print(f"  {label[:40]:<40} {len(mem.devices):>5} {t_mem * 1000:>9.1f} {t_dec * 1000:>7.1f} {t_tree * 1000:>8.1f}"
+          f" {t_mem / t_tree:>6.2f}x {(t_mem - t_dec) / t_tree:>6.2f}x {t_old * 1000:>8.1f} {t_old / t_mem:>7.1f}x")
+    return t_mem, t_tree, t_old, t_dec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="p2pdma-archive-load-"))
     try:
         (synth,) = write_fleet(work / "synth", 1, endpoints=64, distinct=1)
-        print(f"  {'archive':<44} {'funcs':>5} {'memory ms':>9} {'tree ms':>9} {'ratio':>8} {'old ms':>9}"
-              f" {'old/mem':>9}")
+        print(f"  {'archive':<40} {'funcs':>5} {'memory ms':>9} {'dec ms':>7} {'tree ms':>8} {'ratio':>7}"
+              f" {'w/o dec':>7} {'old ms':>8} {'old/mem':>8}")
         results = {"synthetic 64-endpoint capture": case("synthetic-64", str(synth), args.repeat, work)}
         for name in CASES:
             path = SHARED / name
@@ -102,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = case(name, str(path), args.repeat, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    worst = max(m / t for m, t, _ in results.values())
+    worst = max(m / t for m, t, _, _ in results.values())
+    worst_nodec = max((m - d) / t for m, t, _, d in results.values())
     print(f"goal: archive load at most {GOAL_RATIO}x the unpacked tree: {'met' if worst <= GOAL_RATIO else 'NOT met'}"
-          f" (worst {worst:.2f}x)")
+          f" (worst {worst:.2f}x; without decompression {worst_nodec:.2f}x:"
+          f" {'met' if worst_nodec <= GOAL_RATIO else 'NOT met'})")
     if GATHERED in results:
         t = results[GATHERED][0]
         print(f"goal: {GATHERED} under {GOAL_GATHERED_S} s: {'met' if t < GOAL_GATHERED_S else 'NOT met'}"
