@@ -230,3 +230,25 @@ def test_csv_is_the_pair_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert rows[0]["provider_alias"] == "GPU0" and rows[0]["client_alias"] == "GPU1"
     code, out, err = run(capsys, "matrix", "--example", "acs-redirect", "--csv", "--json")
     assert code == 2 and "not both" in err
+
+
+def test_every_document_says_which_kernel_profile_ran_and_why(capsys: pytest.CaptureFixture[str],
+                                                             tmp_path: Path) -> None:
+    """kernel and kernel_source in matrix/2, explain/1, fix/1, topo/1 and the text headers: the
+    capture's osrelease, the --kernel option, or the default on an input without a release."""
+    from p2pdma import examples
+    from p2pdma.sources.sysfs import write_root
+
+    for argv in (["matrix"], ["explain", "GPU0", "GPU1"], ["fix", "GPU0", "GPU1"], ["topo"]):
+        d = doc_of(capsys, *argv, "--example", "gpu8-switches", "--json")
+        assert (d["kernel"], d["kernel_source"]) == ("7.2", "no kernel release in this input: newest mainline profile")
+        assert list(d).index("kernel_source") == list(d).index("kernel") + 1
+        check(d)
+        d = doc_of(capsys, *argv, "--example", "gpu8-switches", "--json", "--kernel", "6.1")
+        assert (d["kernel"], d["kernel_source"]) == ("6.1", "--kernel 6.1")
+    m = examples.load_spec("gpu8-switches")
+    write_root(tmp_path / "root", m.raws, cpu=m.cpu, kernel_release="6.1.0-50-amd64")
+    d = doc_of(capsys, "matrix", "--root", str(tmp_path / "root"), "--json")
+    assert d["kernel"] == "6.1" and "6.1.0-50-amd64" in d["kernel_source"]
+    assert main(["matrix", "--root", str(tmp_path / "root")]) == 0
+    assert "kernel 6.1: " in capsys.readouterr().out.splitlines()[1]

@@ -97,6 +97,20 @@ def load_topology(args: argparse.Namespace) -> Topology:
     return topo
 
 
+def with_kernel_source(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """``doc`` with ``kernel_source`` (why that profile ran: the osrelease, ``--kernel``, the default)
+    right after ``kernel``; every other key in its place (an additive field)."""
+    source = getattr(args, "kernel_source", None)
+    if source is None or "kernel" not in doc:
+        return doc
+    out: dict[str, Any] = {}
+    for k, v in doc.items():
+        out[k] = v
+        if k == "kernel":
+            out["kernel_source"] = source
+    return out
+
+
 def resolve_kernel_arg(args: argparse.Namespace, topo: Topology | None, live: bool = False) -> None:
     """Resolve ``args.kernel`` in place to a profile name (auto: the live ``uname -r`` or the input's
     captured osrelease), set ``args.kernel_source``/``args.kernel_notes``, print the notes on stderr.
@@ -115,6 +129,8 @@ def resolve_kernel_arg(args: argparse.Namespace, topo: Topology | None, live: bo
         source, notes = "no kernel release in this input: newest mainline profile", []
     if live and name == "auto":
         source = f"uname -r {release}"
+    if name != "auto":  # the user's choice: say so, with what it resolved through
+        source = f"--kernel {name}" + (f" ({source})" if source and source != "option" else "")
     args.kernel, args.kernel_source, args.kernel_notes = profile, source, notes
     for n in notes:
         print(f"p2pdma: note: {n}", file=sys.stderr)

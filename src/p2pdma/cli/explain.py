@@ -7,7 +7,17 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from p2pdma.cli.common import add_source_args, cpus_text, load_topology, name_of, numa_text, resolve, terminal, warn
+from p2pdma.cli.common import (
+    add_source_args,
+    cpus_text,
+    load_topology,
+    name_of,
+    numa_text,
+    resolve,
+    terminal,
+    warn,
+    with_kernel_source,
+)
 
 if TYPE_CHECKING:
     from p2pdma.pci.topology import Device
@@ -51,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from p2pdma.report.documents import explain_document
 
-        print(json.dumps(explain_document(topo, args.kernel, v, notes, nvlink(topo, p, c)), indent=1))
+        print(json.dumps(with_kernel_source(explain_document(topo, args.kernel, v, notes, nvlink(topo, p, c)), args),
+                         indent=1))
     else:
         from p2pdma.report import text
 

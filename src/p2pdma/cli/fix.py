@@ -21,6 +21,7 @@ from p2pdma.cli.common import (
     select,
     terminal,
     warn,
+    with_kernel_source,
 )
 from p2pdma.errors import InputError
 
@@ -220,6 +221,8 @@ def render_fix(plan: FixPlan, doc: dict[str, Any]) -> str:
         f"machine: {doc['machine']}   kernel rules: {doc['kernel']}   functions: {len(doc['devices'])}"
         f"   ordered pairs: {s['pairs']} (distinct, self pairs not counted)",
     ]
+    if doc.get("kernel_source"):
+        lines.append(f"kernel {doc['kernel']}: {doc['kernel_source']}")
     if doc.get("hidden"):
         lines.append(doc["hidden"])
     names = doc.get("aliases", {})
@@ -314,6 +317,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
     plan = plan_fix(topo, selected, args.kernel)
     doc = fix_document(plan, _root_of(args))
     doc["hidden"] = hidden
+    doc = with_kernel_source(doc, args)
     if args.json:
         print(json.dumps(doc, indent=1))
     else:

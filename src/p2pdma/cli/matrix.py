@@ -21,6 +21,7 @@ from p2pdma.cli.common import (
     select,
     terminal,
     warn,
+    with_kernel_source,
 )
 from p2pdma.errors import InputError
 
@@ -117,9 +118,9 @@ def render_table(mat: Matrix, label: dict[str, str], term: Term) -> list[str]:
     return lines
 
 
-def render_matrix(mat: Matrix, sel: Selection, term: Term, total: int) -> str:
-    """The text view: the header (what was left out), the devices with names, NUMA and CPUs, the table,
-    the legend and the distinct-pair counts."""
+def render_matrix(mat: Matrix, sel: Selection, term: Term, total: int, kernel_source: str | None = None) -> str:
+    """The text view: the header (which kernel profile and why, what was left out), the devices with
+    names, NUMA and CPUs, the table, the legend and the distinct-pair counts."""
     from p2pdma.pci.names import labels
     from p2pdma.report.documents import pair_counts, uncertain_why
     from p2pdma.report.text import LEGEND
@@ -130,6 +131,8 @@ def render_matrix(mat: Matrix, sel: Selection, term: Term, total: int) -> str:
     shown = f"{n} of {total}" if n != total else f"{n}"
     lines = [term.paint(x, "bold") for x in
              term.wrap(f"machine: {topo.name}   kernel rules: {mat.profile}   functions: {shown}").split("\n")]
+    if kernel_source:
+        lines.extend(term.wrap(f"kernel {mat.profile}: {kernel_source}").split("\n"))
     summary = sel.summary(topo)
     if summary:
         lines.append(summary)
@@ -166,12 +169,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         from p2pdma.report.documents import matrix_document_v2
 
-        print(json.dumps(matrix_document_v2(mat, sel)))
+        print(json.dumps(with_kernel_source(matrix_document_v2(mat, sel), args)))
     elif args.csv:
         from p2pdma.report.documents import pairs_csv
 
         sys.stdout.write(pairs_csv(mat))
     else:
         total = len(topo.devices) if args.all else len(topo.endpoints)
-        print(render_matrix(mat, sel, terminal(), total))
+        print(render_matrix(mat, sel, terminal(), total, getattr(args, "kernel_source", None)))
     return 0

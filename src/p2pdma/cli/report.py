@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from p2pdma.cli.common import add_source_args, add_view_args, load_topology, select, warn
+from p2pdma.cli.common import add_source_args, add_view_args, load_topology, select, warn, with_kernel_source
 
 REPORT_SCHEMA = "p2pdma.report/1"
 
@@ -59,7 +59,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             "counts": pair_counts(mat),
             "selection": selection_json(topo, sel),
         }
-        print(json.dumps(stamp(doc, topo, args.kernel), indent=1))
+        print(json.dumps(with_kernel_source(stamp(doc, topo, args.kernel), args), indent=1))
     else:
         print(f"wrote {out} ({len(data)} bytes): {len(topo.devices)} functions, {len(mat.bdfs)} in the matrix")
         summary = sel.summary(topo)

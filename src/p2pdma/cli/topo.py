@@ -8,7 +8,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from p2pdma.cli.common import add_source_args, load_topology, numa_text, terminal, warn
+from p2pdma.cli.common import add_source_args, load_topology, numa_text, terminal, warn, with_kernel_source
 
 if TYPE_CHECKING:
     from p2pdma.pci.topology import Topology
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             "devices": [device_doc(d, alias_map) for d in topo.devices],
             "warnings": list(topo.warnings),
         })
-        print(json.dumps(doc, indent=1))
+        print(json.dumps(with_kernel_source(doc, args), indent=1))
     else:
         from p2pdma.report import text
 
