@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from p2pdma import examples
-from p2pdma.p2p.decide import KERNEL_PROFILES, MapType, calc_map_type_and_dist
-from p2pdma.p2p.kernels import PROFILES, get_profile, resolve_kernel
+from p2pdma.p2p.decide import MapType, calc_map_type_and_dist
+from p2pdma.p2p.kernels import PROFILES, get_profile
 from p2pdma.p2p.matrix import compute_matrix
 
 NS, THRU = MapType.NOT_SUPPORTED, MapType.THRU_HOST_BRIDGE
@@ -66,50 +66,136 @@ def test_acs_list_cut_at_the_128_byte_buffer() -> None:
 def test_whitelists_are_the_trees_tables() -> None:
     assert len(PROFILES["6.1"].whitelist) == 10
     rows = {k: {(e.vendor, e.device) for e in p.whitelist} for k, p in PROFILES.items()}
-    assert rows["6.1"] < rows["7.2"] < rows["pci-next"]
+    assert rows["5.10"] == rows["5.15"] < rows["6.1"] < rows["7.2"] < rows["7.3"] < rows["pci-next"]
     assert len(PROFILES["7.2"].whitelist) == 21 and len(PROFILES["pci-next"].whitelist) == 30
+    # 5.4: AMD Zen 1022:1450 and the four Xeon E5/E7 rows (same host bridge only)
+    assert [(e.vendor, e.device, e.flags) for e in PROFILES["5.4"].whitelist] == [
+        (0x1022, 0x1450, 0), (0x8086, 0x3C00, 1), (0x8086, 0x3C01, 1), (0x8086, 0x2F00, 1), (0x8086, 0x2F01, 1)]
+    assert rows["5.10"] - rows["5.4"] == {(0x8086, d) for d in (0x2030, 0x2031, 0x2032, 0x2033, 0x2020)}
+    assert rows["6.1"] - rows["5.15"] == {(0x8086, 0x09A2)}
+    assert rows["7.3"] - rows["7.2"] == {(0x10DE, d) for d in (0x2F95, 0x2F96, 0x2F97, 0x2F98)}
+    old = [PROFILES[k] for k in ("5.4", "5.10", "5.15")]
+    assert [p.host_bridge_root_port for p in old] == [False, False, False]
+    assert [(p.cpu_amd_zen, p.whitelist_warn, p.acs_list_buf) for p in old] == [
+        (False, False, 4096), (True, False, 4096), (True, True, 128)]
 
 
+# Verdicts where consecutive mainline profiles differ, on the bundled machines (both directions).
 @pytest.mark.parametrize(
-    ("name", "release", "profile", "note"),
+    ("example", "p", "c", "dist", "want"),
     [
-        ("auto", "7.2.13+deb14-amd64", "7.2", "backports are not modelled"),
-        ("auto", "6.1.0-28-amd64", "6.1", "backports"),
-        ("auto", "5.14.0-427.el9.x86_64", "6.1", "not read"),
-        ("auto", "6.8.0-45-generic", "7.2", "not read"),
-        ("auto", None, "7.2", "no kernel release"),
-        ("auto", "weird", "7.2", "not understood"),
-        ("latest", None, "7.2", "alias"),
-        ("classic", "6.1.0", "7.2", "alias"),
-        ("6.1", "7.2.13", "6.1", None),
-        ("pci-next", None, "pci-next", None),
-        ("5.15", None, "6.1", "not read"),
-        ("6.12.3", None, "7.2", "not read"),
-        ("7.2", None, "7.2", None),
+        # 00:00.0 is 8086:09a2: listed from 5.18 (6.1 profile) on
+        ("spr-dsa-hostbridge", "0000:00:00.0", "0000:01:00.0", 3,
+         {"5.4": NS, "5.10": NS, "5.15": NS, "6.1": THRU, "7.2": THRU, "7.3": THRU}),
+        # 10de:2f95 listed from 7.3 on
+        ("grace-hostbridge", "0000:01:00.0", "0000:02:00.0", 4,
+         {"5.4": NS, "5.10": NS, "5.15": NS, "6.1": NS, "7.2": NS, "7.3": THRU}),
+        # AMD family 0x19, host bridge 1022:14a4 unlisted: 5.4 has no cpu_supports_p2pdma()
+        ("amd-zen", "0000:01:00.0", "0000:02:00.0", 4,
+         {"5.4": NS, "5.10": THRU, "5.15": THRU, "6.1": THRU, "7.3": THRU}),
+        # Skylake-E host bridge 00:00.0 8086:2020: listed from 5.10's table on, not in 5.4's
+        ("intel-2socket", "0000:01:00.0", "0000:02:00.0", 4,
+         {"5.4": NS, "5.10": THRU, "5.15": THRU, "6.1": THRU}),
     ],
 )
-def test_resolve_kernel(name: str, release: str | None, profile: str, note: str | None) -> None:
-    got, source, notes = resolve_kernel(name, release)
-    assert got == profile and source
-    if note is None:
-        assert notes == []
-    else:
-        assert any(note in n for n in notes), notes
-
-
-@pytest.mark.parametrize("bad", ["x", "7", "7.2-rc1", ""])
-def test_resolve_kernel_refuses(bad: str) -> None:
-    with pytest.raises(ValueError):
-        resolve_kernel(bad, None)
-
-
-@pytest.mark.parametrize("example", ["grace-hostbridge", "spr-dsa-hostbridge", "zhaoxin-hostbridge", "acs-redirect"])
-@pytest.mark.parametrize("profile", KERNEL_PROFILES)
-def test_matrix_equals_per_pair(example: str, profile: str) -> None:
+def test_mainline_profiles_differ(example: str, p: str, c: str, dist: int, want: dict[str, MapType]) -> None:
     topo = examples.load(example)
-    m = compute_matrix(topo, profile)
-    for i, p in enumerate(m.bdfs):
-        for j, c in enumerate(m.bdfs):
-            v = calc_map_type_and_dist(topo, p, c, profile)
-            assert (MapType(int(m.map_type[i, j])), int(m.distance[i, j]), bool(m.certain[i, j])) == (
-                v.map_type, v.distance, v.certain)
+    for profile, mt in want.items():
+        for a, b in ((p, c), (c, p)):
+            v = calc_map_type_and_dist(topo, a, b, profile)
+            assert (v.map_type, v.distance) == (mt, dist), (profile, a, b)
+
+
+_SKYLAKE_RP = """
+name: skylake-rp
+cpu: {vendor: GenuineIntel, family: 6, model: 0x55}
+host_bridges:
+  - name: pci0000:00
+    devices:
+      - bdf: "0000:00:02.0"
+        id: "8086:2030"
+        class: 0x060400
+        port: root-port
+        children:
+          - {bdf: "0000:01:00.0", id: "10de:20b5", class: 0x030200, port: endpoint}
+      - bdf: "0000:00:03.0"
+        id: "8086:2031"
+        class: 0x060400
+        port: root-port
+        children:
+          - {bdf: "0000:02:00.0", id: "10de:20b5", class: 0x030200, port: endpoint}
+"""
+
+
+def test_root_port_host_bridge_dev_from_5_19() -> None:
+    """1af7c26c59eb (5.19): pci_host_bridge_dev() takes a Root Port at any devfn; 5.15 wanted devfn 00.0."""
+    from p2pdma.sources import safeload
+    from p2pdma.sources.spec import parse_spec
+
+    topo = parse_spec(safeload.loads(_SKYLAKE_RP, "t", kind="spec"), where="t").topology(source="t")
+    a, b = "0000:01:00.0", "0000:02:00.0"
+    assert calc_map_type_and_dist(topo, a, b, "6.1").map_type == THRU
+    for old in ("5.10", "5.15"):
+        v = calc_map_type_and_dist(topo, a, b, old)
+        assert v.map_type == NS and "no devfn 00.0 device first" in v.reason, (old, v.reason)
+    for name in ("5.15", "6.1"):
+        m = compute_matrix(topo, name)
+        i, j = m.bdfs.index(a), m.bdfs.index(b)
+        assert MapType(int(m.map_type[i, j])) == calc_map_type_and_dist(topo, a, b, name).map_type
+
+
+_UNLISTED_ACS = """
+name: unlisted-acs
+cpu: {vendor: GenuineIntel, family: 6, model: 0x55}
+host_bridges:
+  - name: pci0000:00
+    devices:
+      - {bdf: "0000:00:00.0", id: "8086:29c0", class: 0x060000, port: rc-endpoint}
+      - bdf: "0000:00:01.0"
+        id: "8086:2030"
+        class: 0x060400
+        port: root-port
+        children:
+          - bdf: "0000:01:00.0"
+            id: "10b5:9797"
+            class: 0x060400
+            port: switch-upstream
+            children:
+              - bdf: "0000:02:00.0"
+                id: "10b5:9797"
+                class: 0x060400
+                port: switch-downstream
+                acs: {cap: 0x7f, ctrl: 0x1d}
+                children:
+                  - {bdf: "0000:03:00.0", id: "10de:1db4", class: 0x030200, port: endpoint}
+              - bdf: "0000:02:01.0"
+                id: "10b5:9797"
+                class: 0x060400
+                port: switch-downstream
+                children:
+                  - {bdf: "0000:04:00.0", id: "10de:1db4", class: 0x030200, port: endpoint}
+"""
+
+
+def test_whitelist_warning_only_from_5_14() -> None:
+    """After an ACS redirect below an unlisted host bridge (8086:29c0), 5.15 (calc_map_type_and_dist(),
+    5.14 on) prints "Host bridge not in P2PDMA whitelist"; 5.10's upstream_bridge_distance_warn() has
+    no such line."""
+    from p2pdma.sources import safeload
+    from p2pdma.sources.spec import parse_spec
+
+    topo = parse_spec(safeload.loads(_UNLISTED_ACS, "t", kind="spec"), where="t").topology(source="t")
+    p, c = "0000:03:00.0", "0000:04:00.0"
+    acs = [f"pci {c}: ACS redirect is set between the client and provider ({p})",
+           f"pci {c}: to disable ACS redirect for this path, add the kernel parameter:"
+           " pci=disable_acs_redir=0000:02:00.0"]
+    hb = "pci 0000:00:00.0: Host bridge not in P2PDMA whitelist: 8086:29c0"
+    no = (f"pci {c}: cannot be used for peer-to-peer DMA as the client and provider ({p})"
+          " do not share an upstream bridge or whitelisted host bridge")
+    for name, want in (("5.4", [*acs, no]), ("5.10", [*acs, no]), ("5.15", [*acs, hb, no]), ("7.2", [*acs, hb, no])):
+        v = calc_map_type_and_dist(topo, p, c, name)
+        assert (v.map_type, v.distance, list(v.kernel_log)) == (NS, 4, want), name
+    # before 5.14 the list sits in a PAGE_SIZE seq_buf: 12 ports are not cut
+    bdfs = [f"0000:{i:02x}:00.0" for i in range(12)]
+    assert get_profile("5.10").acs_list(bdfs) == ";".join(bdfs)
+    assert len(get_profile("5.15").acs_list(bdfs)) == 127

@@ -209,19 +209,20 @@ def calc_map_type_and_dist(
     via: str | None = None
     missing: list[str] = []
     hints: list[str] = []
-    if platform.cpu_supports_p2pdma(topo):
+    rp = prof.host_bridge_root_port
+    if platform.cpu_supports_p2pdma(topo, prof.cpu_amd_zen):
         assert topo.cpu is not None
         via = "cpu"
         why = f"the CPU is AMD Zen or newer (family {topo.cpu.family:#x})"
     else:
-        if platform.host_bridge_whitelist(topo, p, c, table):
+        if platform.host_bridge_whitelist(topo, p, c, table, rp):
             via = "whitelist"
-        why = platform.host_bridge_reason(topo, p, c, table)
+        why = platform.host_bridge_reason(topo, p, c, table, rp)
         if any(not topo.host_bridge(n).host_bridge_dev_known for n in {p.host_bridge, c.host_bridge}):
             missing.append(HB_UNKNOWN)
             hints.append(host_bridge_hint(topo, prof))
-        if (bool(acs_ports) or prof.warn_whitelist_always):
-            log.extend(platform.whitelist_warnings(topo, p, c, table))
+        if prof.whitelist_warn and (bool(acs_ports) or prof.warn_whitelist_always):
+            log.extend(platform.whitelist_warnings(topo, p, c, table, rp))
     if via is not None:
         map_type = MapType.THRU_HOST_BRIDGE
         parts.append(f"allowed through the host bridge: {why}")

@@ -133,12 +133,13 @@ def compute_matrix(
     unknown = np.array([not d.acs_known for d in devs])
     cum_bad = _cumulative(parent, bad.astype(np.int64))
     cum_unk = _cumulative(parent, unknown.astype(np.int64))
-    table = get_profile(profile).whitelist
+    prof = get_profile(profile)
+    table = prof.whitelist
 
     # Host bridge permission per (provider hb, client hb).
     nhb = len(topo.host_bridges)
     allowed = np.zeros((nhb, nhb), dtype=bool)
-    cpu_ok = platform.cpu_supports_p2pdma(topo)
+    cpu_ok = platform.cpu_supports_p2pdma(topo, prof.cpu_amd_zen)
     rep: dict[str, Device] = {}
     for dv in devs:
         rep.setdefault(dv.host_bridge, dv)
@@ -149,7 +150,7 @@ def compute_matrix(
             da, db = rep[ha.name], rep[hb.name]
             allowed[pa, pb] = (
                 cpu_ok
-                or platform.host_bridge_whitelist(topo, da, db, table)
+                or platform.host_bridge_whitelist(topo, da, db, table, prof.host_bridge_root_port)
             )
     hb_unk = np.array([not h.host_bridge_dev_known for h in topo.host_bridges], dtype=bool)
     guess = (hb_unk[:, None] | hb_unk[None, :]) & (not cpu_ok)
