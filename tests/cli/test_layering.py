@@ -107,3 +107,22 @@ def test_explain_says_nvlink_on_the_dgx2(shared_hwloc: Path, capsys: object) -> 
     assert main(["explain", a, b, "--hwloc", str(path), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)  # type: ignore[attr-defined]
     assert doc["nvlink"] is True and any("NVLink" in n for n in doc["notes"])
+
+
+READERS = ("p2pdma.sources.archive", "p2pdma.sources.hwloc", "p2pdma.sources.lspci", "p2pdma.sources.nccl",
+           "p2pdma.sources.sysfs.read_root", "load_capture", "read_hwloc", "read_lspci", "read_nccl_xml")
+
+
+def test_fleet_scenarios_and_checker_open_machines_through_the_one_door() -> None:
+    """No module of fleet, model or check calls a reader itself: machines come from sources.open_machine()
+    (fleet/synth.py writes synthetic captures, it reads none)."""
+    src = Path(__file__).resolve().parents[2] / "src" / "p2pdma"
+    offenders = []
+    for pkg in ("fleet", "model", "check"):
+        for f in sorted((src / pkg).rglob("*.py")):
+            if f.name == "synth.py":
+                continue
+            text = f.read_text()
+            offenders += [f"{f.relative_to(src)}: {r}" for r in READERS if r in text]
+    assert offenders == []
+    assert "open_machine" in (src / "fleet" / "analyse.py").read_text()

@@ -254,21 +254,14 @@ def scratch_dir() -> str | None:
 
 
 def load_machine(name: str, source: str, data: bytes | None = None, tmpdir: str | None = None) -> Topology:
-    """A fleet member's topology: hwloc XML by its suffix, otherwise a capture archive read in
-    memory by sources.archive.load_capture() (``tmpdir`` is accepted and unused: nothing is unpacked)."""
-    if source.lower().endswith(".xml"):
-        from p2pdma.sources.hwloc import MAX_XML, parse_hwloc, read_hwloc
+    """A fleet member's topology through sources.open_machine(), the one door: hwloc XML by its suffix,
+    otherwise a capture archive read in memory (``tmpdir`` is accepted and unused: nothing is unpacked)."""
+    from p2pdma.sources import open_machine
 
-        if data is None:
-            return read_hwloc(source)
-        if len(data) > MAX_XML:
-            from p2pdma.errors import SourceError
-
-            raise SourceError(f"{source}: larger than {MAX_XML} bytes")
-        return parse_hwloc(data, name=name, where=source)
-    from p2pdma.sources.archive import load_capture
-
-    return load_capture(source, data=data, name=name)
+    kind = "hwloc" if source.lower().endswith(".xml") else "root"
+    if data is not None:
+        return open_machine(kind, source, data=data, name=name)
+    return open_machine(kind, source, name=name if kind == "root" else None)
 
 
 def _one_line(exc: BaseException) -> str:
