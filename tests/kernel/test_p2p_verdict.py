@@ -79,8 +79,8 @@ def test_model_verdict_equals_running_kernel(
             bad.append(f"distance: model {v.distance}, kernel {kdist}")
         if not v.certain:
             bad.append(f"model verdict uncertain: {v.unknown_ports} {v.unknown}")
-        klog = [_without_driver(x) for x in _p2pdma_lines(ans.dmesg)]
-        mlog = [_without_driver(x) for x in v.kernel_log]
+        klog = _p2pdma_lines(ans.dmesg)  # byte for byte, dev_printk()'s driver prefix included
+        mlog = list(v.kernel_log)
         if klog != mlog:
             bad.append("log lines:\n    kernel: " + "\n            ".join(klog) + "\n    model:  "
                        + "\n            ".join(mlog))
@@ -114,15 +114,9 @@ def test_cli_explain_on_the_capture_says_what_the_kernel_did(
         assert got == (kernel.profile, kmap, True), f"{ans.provider} -> {ans.client}: {got}"
         if ans.totals[0] >= 0:
             assert doc["distance"] == ans.totals[0]
-        assert [_without_driver(x) for x in doc["kernel_log"]] == [
-            _without_driver(x) for x in _p2pdma_lines(ans.dmesg)
-        ]
+        assert doc["kernel_log"] == _p2pdma_lines(ans.dmesg)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the model prints every kernel_log line as 'pci BDF: ...'; dev_printk() prefixes dev_driver_string(): the "
-    "bound driver's name ('nvme 0000:01:00.1: ...'), 'pci' only for a device without a driver (issue 11 gap)"
-))
 def test_log_lines_carry_the_kernels_device_prefix(boot_machine: Any) -> None:
     machine = next(m for m in machines.MACHINES if m.name == "multifunction-iommu")
     run = boot_machine(machines.KERNELS[0], machine)  # 7.2

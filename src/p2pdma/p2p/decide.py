@@ -236,9 +236,19 @@ def calc_map_type_and_dist(
     return Verdict(
         provider=p.bdf, client=c.bdf, map_type=map_type, distance=distance,
         common=common.bdf if common else None, acs_ports=tuple(acs_ports), unknown_ports=unknown_ports,
-        reason=reason, fix=fix, path=tuple(path), ports=tuple(ports), via=via, kernel_log=tuple(log),
-        unknown=tuple(missing), hints=tuple(hints),
+        reason=reason, fix=fix, path=tuple(path), ports=tuple(ports), via=via,
+        kernel_log=tuple(_driver_prefix(topo, line) for line in log), unknown=tuple(missing), hints=tuple(hints),
     )
+
+
+def _driver_prefix(topo: Topology, line: str) -> str:
+    """A log line as dev_printk() prints it: prefixed by dev_driver_string(), the bound driver's name
+    (``nvme 0000:01:00.1: ...``), or the bus name ``pci`` for a device without one (or unknown)."""
+    if line.startswith("pci "):
+        bdf = line[4:].split(": ", 1)[0]
+        if bdf in topo and topo[bdf].driver:
+            return f"{topo[bdf].driver} {line[4:]}"
+    return line
 
 
 # Intel family 6 server models -> (name, the host bridge 00:00.0 they are known to carry).
