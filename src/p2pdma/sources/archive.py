@@ -1,6 +1,12 @@
 """Capture archives (``p2pdma capture`` output, or any tar of a sysfs/procfs root such as
 hwloc-gather-topology's) read in memory: decompressed with a cap, every tar header parsed and checked
-before anything is used, members indexed once into an ``ArchiveFs``. Nothing is ever extracted.
+before anything is used, members indexed once into an ``ArchiveFs`` (names to spans of the stream:
+no member's bytes are copied until read). Nothing is ever extracted.
+
+Two paths check the same rules: a fast one (_fast_index: numpy over all headers at once, links
+resolved through memoised directories) that takes plain archives and gives up on anything else, and
+the reference one (iter_members, index_members, _chroot) that then decides and words the refusal.
+tests/sources/test_archive_speed.py holds them to the same outcome.
 
 Refused, with one line: absolute or ``..`` names, links leading out of the root (through chains of
 the archive's own links), hard links, device files, FIFOs, sparse files, duplicates, members below a
@@ -643,39 +649,47 @@ def _fast_index(buf: bytes, label: str) -> tuple[ArchiveFs, tuple[int, int] | No
         joined = joined.replace("\0./", "\0")
     while "\0.\0" in joined:
         joined = joined.replace("\0.\0", "\0\0")
-    names = joined[1:-1].split("\0")
-    if "" in names:  # the root itself: skipped when a directory, as index_members() does
+    if "\0\0" in joined:  # the root itself: skipped when a directory, as index_members() does
+        names = joined[1:-1].split("\0")
         roots = [i for i, x in enumerate(names) if not x]
         if any(kinds[i] != _T_DIR for i in roots):
             raise _Unusual
         link_rows = _drop(roots, names, kinds, offsets, sizes, link_rows)
         joined = "\0" + "\0".join(names) + "\0"
-    n = len(names)
-    if len(set(names)) != n or not n:
+    if joined == "\0":
         raise _Unusual
-    kind_of = dict(zip(names, kinds, strict=True))
+
+    def row(name: str) -> int:
+        """The member row of ``name`` (the first one), -1 if none."""
+        at = joined.find("\0" + name + "\0")
+        return -1 if at < 0 else joined.count("\0", 0, at)
+
     top_manifest: tuple[int, int] | None = None
     depth = 0
-    kind_sys = kind_of.get("sys")
-    if kind_sys != _T_DIR and not (kind_sys is None and "\0sys/" in joined):
+    r_sys = row("sys")
+    if not (kinds[r_sys] == _T_DIR if r_sys >= 0 else "\0sys/" in joined):
         # hwloc-gather-topology's layout: one top folder holding sys (and a manifest beside it)
-        top = next((x.partition("/")[0] for x in names if x != MANIFEST), "")
+        first, second = (joined[1:-1].split("\0", 2) + [""])[:2]
+        top = (second if first == MANIFEST else first).partition("/")[0]
         pre = top + "/"
-        inside = joined.count("\0" + pre)
-        dropped = [names.index(x) for x in (top, MANIFEST) if x in kind_of]
-        if top in _DOTS or inside + len(dropped) != n or kind_of.get(top, _T_DIR) != _T_DIR:
+        r_top, r_man, r_ps = row(top), row(MANIFEST), row(pre + "sys")
+        dropped = [r for r in (r_top, r_man) if r >= 0]
+        if top in _DOTS or joined.count("\0" + pre) + len(dropped) != len(kinds):
             raise _Unusual
-        if kind_of.get(pre + "sys", _T_DIR) != _T_DIR or not (pre + "sys" in kind_of or "\0" + pre + "sys/" in joined):
+        if (r_top >= 0 and kinds[r_top] != _T_DIR) or (r_man >= 0 and not _is_file(kinds[r_man])):
             raise _Unusual
-        if MANIFEST in kind_of:
-            at = names.index(MANIFEST)
-            if not _is_file(kinds[at]):
-                raise _Unusual
-            top_manifest = (offsets[at], sizes[at])
+        if not (kinds[r_ps] == _T_DIR if r_ps >= 0 else "\0" + pre + "sys/" in joined):
+            raise _Unusual
+        if r_man >= 0:
+            top_manifest = (offsets[r_man], sizes[r_man])
         names = joined.replace("\0" + pre, "\0")[1:-1].split("\0")
         link_rows = _drop(dropped, names, kinds, offsets, sizes, link_rows)
-        kind_of = dict(zip(names, kinds, strict=True))
         depth = 1
+    else:
+        names = joined[1:-1].split("\0")
+    kind_of = dict(zip(names, kinds, strict=True))
+    if len(kind_of) != len(names) or not names:
+        raise _Unusual  # a duplicate
     karr = np.array(kinds, dtype=np.uint8)
     frows = np.flatnonzero((karr != _T_DIR) & (karr != _T_LINK)).tolist()
     files = dict(zip(_pick(names, frows), zip(_pick(offsets, frows), _pick(sizes, frows), strict=True), strict=True))

@@ -2,9 +2,9 @@
 
 ``LiveFs`` reads a directory with plain ``os`` calls (string paths, no pathlib in the hot loops);
 ``ArchiveFs`` holds an archive's members in memory, indexed once (see ``sources.archive``): files
-are spans of the decompressed stream, sliced only when read. Both
-resolve links chroot-style: an absolute target restarts at the root, ``..`` above the root or more
-than 40 links on one path is an escape (``LinkEscape``). Resolution is linear in the path's length.
+are spans of the decompressed stream, sliced only when read. Both resolve links chroot-style: an
+absolute target restarts at the root, ``..`` above the root or more than 40 links on one path is an
+escape (``LinkEscape``). Resolution is linear in the path's length.
 """
 
 from __future__ import annotations
