@@ -15,6 +15,7 @@ from p2pdma.errors import P2pdmaError
 from p2pdma.p2p.decide import MapType, calc_map_type_and_dist
 from p2pdma.p2p.matrix import compute_matrix
 from p2pdma.pci.topology import Topology
+from p2pdma.report.documents import pair_counts, uncertain_why
 from p2pdma.sources import open_machine
 
 KINDS = {"lspci": "lspci", "nccl": "nccl_xml", "hwloc": "hwloc"}
@@ -64,10 +65,11 @@ def row(kind: str, path: Path) -> str:
     except P2pdmaError as exc:
         return f"| {path.name} | {kind} | error: {exc} | | | | | | | |"
     m = compute_matrix(topo)
-    counts = m.counts()
+    counts = pair_counts(m)  # distinct ordered pairs, as matrix, fix, report and fleet count them
+    why = uncertain_why(m)
     eps = [d.bdf for d in topo.endpoints]
-    by_facts = sum(fact_uncertain(topo, p, c) for p in eps for c in eps)
-    uncertain = int((~m.certain).sum())
+    by_facts = sum(fact_uncertain(topo, p, c) for p in eps for c in eps if p != c)
+    uncertain = f"{counts['uncertain']} (ACS {why['acs']}, host bridge {why['host_bridge']})"
     nv = len(topo.nvlinks) // 2
     named = sum(bool(d.os_names) for d in topo.devices)
     ms = (time.perf_counter() - t0) * 1000
@@ -81,8 +83,9 @@ def main(argv: list[str]) -> int:
     if not (data / "real").is_dir():
         print(f"no reference data at {data}", file=sys.stderr)
         return 2
-    print("| file | reader | functions | BUS_ADDR | THRU_HOST_BRIDGE | NOT_SUPPORTED | uncertain (tool) |"
-          " need a missing fact | NVLink pairs | functions with OS names | input lacks | ms |")
+    print("| file | reader | functions | BUS_ADDR | THRU_HOST_BRIDGE | NOT_SUPPORTED |"
+          " uncertain (tool, by missing fact) | need a missing fact | NVLink pairs | functions with OS names |"
+          " input lacks | ms |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, path in files(data):
         print(row(kind, path))
