@@ -480,16 +480,22 @@ def _fast_members(buf: bytes) -> tuple[list[str], list[int], list[int], list[int
         pending: dict[str, str] = {}
         long_name: str | None = None
         long_link: str | None = None
+        odd = False  # a pax header with more than one path or linkpath record
         for h, size, kind in zip(ext_pos, ext_sizes, ext_types, strict=True):
             if size > MAX_MEMBER_SIZE:
                 raise _Unusual
             at = chain[h] * 512 + 512
             data = buf[at : at + size]
             if kind == 120:  # x
-                try:
-                    pending.update(_pax(data))
-                except ArchiveError:
-                    raise _Unusual from None
+                record = _one_record(data)
+                if record is not None and record[0] in ("path", "linkpath"):
+                    pending[record[0]] = record[1]
+                else:
+                    try:
+                        pending.update(_pax(data))
+                    except ArchiveError:
+                        raise _Unusual from None
+                    odd = True
             elif kind == 76:  # L: a pax path still wins, as in iter_members()
                 long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             elif kind == 75:  # K
@@ -498,7 +504,9 @@ def _fast_members(buf: bytes) -> tuple[list[str], list[int], list[int], list[int
                 raise _Unusual
             if h + 1 in ext_set:
                 continue
-            if h + 1 >= len(chain) or "size" in pending or any(k.startswith("GNU.sparse") for k in pending):
+            if h + 1 >= len(chain):
+                raise _Unusual
+            if odd and ("size" in pending or any(k.startswith("GNU.sparse") for k in pending)):
                 raise _Unusual
             r = row_of[h + 1]
             path = pending.get("path", long_name)
@@ -511,12 +519,30 @@ def _fast_members(buf: bytes) -> tuple[list[str], list[int], list[int], list[int
                     targets[li] = link
             pending = {}
             long_name = long_link = None
+            odd = False
     for r in np.flatnonzero(mtypes == 0).tolist():
         if names[r].endswith("/"):
             if int(msizes[r]) != 0:
                 raise _Unusual
             kinds[r] = _T_DIR
     return names, kinds, offsets, msizes.tolist(), link_rows.tolist(), targets
+
+
+def _one_record(data: bytes) -> tuple[str, str] | None:
+    """The key and value of a pax header holding exactly one record, as _pax() reads it; None for
+    anything else (then _pax() reads it)."""
+    sp = data.find(b" ", 0, 24)
+    if sp <= 0 or data[-1:] != b"\n":
+        return None
+    try:
+        if int(data[:sp]) != len(data):
+            return None
+    except ValueError:
+        return None
+    key, eq, value = data[sp + 1 : -1].partition(b"=")
+    if not eq:
+        return None
+    return key.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
 
 
 def _clean_names(names: list[str]) -> str:
