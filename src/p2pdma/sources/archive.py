@@ -626,28 +626,37 @@ def _fast_links(links: dict[str, str]) -> dict[str, str]:
         return hit
 
     # the usual link (``../../devices/x/y``, nothing odd, no link on the way) inline; the rest by follow()
+    if not links:
+        return {}
+    targets = links.values()
+    if "\0".join(targets).count("\0") != len(links) - 1 or max(map(len, targets)) > MAX_LINK_TARGET:
+        raise _Unusual
+    if max(map(len, links)) + max(map(len, targets)) >= MAX_LOOKUP // 2:
+        raise _Unusual  # paths past what resolve() looks up: it decides
     get = dirs.get
     for name, target in links.items():
         if name in done:
             continue
         rest = target.lstrip("./")
         lead = len(target) - len(rest)
-        base = name.rpartition("/")[0]
-        odd = not rest or "/." in rest or "//" in rest or rest[-1] == "/"
-        if odd or (lead and target[:lead] != "../" * (lead // 3)):
+        up = lead // 3
+        if (lead and target[:lead] != "../" * up) or not rest or "/." in rest or "//" in rest or rest[-1] == "/":
             follow(name)
             continue
-        if lead:
-            up = lead // 3
-            depth = base.count("/") + 1 if base else 0
-            if up > depth:
+        base = name.rpartition("/")[0]
+        if up:
+            parts = base.rsplit("/", up)
+            if len(parts) > up:
+                base = parts[0]
+            elif len(parts) == up and base:
+                base = ""
+            else:
                 raise _Unusual  # out of the root
-            base = base.rsplit("/", up)[0] if up < depth else ""
         head, _, tail = rest.rpartition("/")
         where = (f"{base}/{head}" if head else base) if base else head
         hit = get(where) or walk(where)
         cand = f"{hit[0]}/{tail}" if hit[0] else tail
-        if cand in links or len(cand) >= MAX_LOOKUP // 2 or "\0" in target or len(target) > MAX_LINK_TARGET:
+        if cand in links:
             follow(name)
             continue
         done[name] = (cand, hit[1])
