@@ -1,0 +1,532 @@
+"""VFIO_DEVICE_FEATURE (DMA_BUF and the other feature numbers) against Debian's running 7.2.13, case by case.
+
+One QEMU TCG boot (q35, ``intel-iommu`` + ``intel_iommu=on``: Debian's 7.2 has neither CONFIG_VFIO_NOIOMMU nor
+CONFIG_IOMMUFD, so the device is opened through the group API on a type1 container) of a ``pci-testdev,membar=4M``
+behind a ``pcie-root-port``: BAR0 4 KiB MMIO, BAR1 I/O ports, BAR2/3 a 4 MiB 64-bit prefetchable BAR, BAR4/5
+absent. The init loads vfio, vfio_iommu_type1, vfio-pci-core and vfio-pci (insmod, dependencies first), binds the
+device through ``driver_override``, captures the sysfs tree as ``p2pdma capture`` would, and runs
+tests/kernel/vfio_guest.c (built here with ``gcc -static`` against the 7.2 uAPI headers of Debian's
+linux-libc-dev 7.2.13-1) over the request bytes of CASES. The same bytes go, in the same order, to
+``p2pdma.model.vfio.uapi_feature()`` on a model System of the captured machine; the test asserts equal errnos,
+and for every new dma-buf the same size, the same F_GETFL and the same FD_CLOEXEC.
+
+Kernel functions (drivers/vfio/vfio_main.c, include/linux/vfio.h, drivers/vfio/pci/vfio_pci_core.c,
+drivers/vfio/pci/vfio_pci_dmabuf.c, drivers/dma-buf/dma-buf.c; Debian's linux-source-7.2 7.2.13-1) are named per
+case.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import shutil
+import struct
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from p2pdma.model import dmabuf as B
+from p2pdma.model import vfio as V
+from p2pdma.model.system import System
+from p2pdma.sources import open_machine
+from tests.kernel import guest, qemu
+
+GET, SET, PROBE = V.VFIO_DEVICE_FEATURE_GET, V.VFIO_DEVICE_FEATURE_SET, V.VFIO_DEVICE_FEATURE_PROBE
+DMA_BUF = V.VFIO_DEVICE_FEATURE_DMA_BUF
+GOOD = GET | DMA_BUF
+K4, M4 = 4096, 4 << 20
+O_RDONLY, O_WRONLY, O_RDWR, O_APPEND = 0, 1, 2, 0o2000
+O_NONBLOCK, O_CLOEXEC = V.O_NONBLOCK, V.O_CLOEXEC
+VFIO_MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci_core", "vfio_pci")
+TESTDEV = "0x1b36:0x0005"  # QEMU's pci-testdev
+QEMU_ARGS = [
+    "-M", "q35", "-cpu", "qemu64",
+    "-device", "intel-iommu,intremap=on",
+    "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1,addr=0x1",
+    "-device", "pci-testdev,membar=4M,bus=rp1",
+]
+APPEND = "intel_iommu=on"
+
+
+def hdr(argsz: int, flags: int) -> bytes:
+    return V.FEATURE_HDR.pack(argsz, flags)
+
+
+def body(region: int, nr: int, ranges: list[tuple[int, int]] | tuple[()] = (), *, open_flags: int = O_CLOEXEC,
+         req_flags: int = 0) -> bytes:
+    return V.DMA_BUF_HDR.pack(region, open_flags, req_flags, nr) + b"".join(V.DMA_RANGE.pack(o, n) for o, n in ranges)
+
+
+def req(region: int, ranges: list[tuple[int, int]], *, open_flags: int = O_CLOEXEC) -> bytes:
+    return V.dma_buf_request(region, ranges, open_flags=open_flags)
+
+
+def feat(feature: int, flags: int, payload: bytes = b"", argsz: int | None = None) -> bytes:
+    return V.feature_request(feature, flags, payload, argsz)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One guest step: ``op`` feat/keep (VFIO_DEVICE_FEATURE on ``data``), cmd (PCI command register write of
+    ``value``), reset (VFIO_DEVICE_RESET), mmap / sync / close of the kept dma-buf. ``want`` is the errno the
+    kernel's source gives (0: success), so a guest that silently runs another case fails; ``why`` names the
+    kernel function that answers."""
+
+    name: str
+    op: str
+    want: int
+    why: str
+    data: bytes = b""
+    value: int = 0
+    size: int | None = None  # for a new dma-buf: its size
+    getfl: int | None = None  # and its F_GETFL
+
+    def line(self) -> str:
+        if self.op in ("feat", "keep"):
+            return f"{self.op} {self.name} {self.data.hex() or '-'}"
+        if self.op == "cmd":
+            return f"cmd {self.name} {self.value:#x}"
+        return f"{self.op} {self.name}"
+
+
+VIOCTL = "vfio_ioctl_device_feature()"
+CHECK = "vfio_check_feature()"
+DMAF = "vfio_pci_core_feature_dma_buf()"
+VALID = "validate_dmabuf_input()"
+FILL = "vfio_pci_core_fill_phys_vec()"
+PHYS = "vfio_pci_core_get_dmabuf_phys()"
+GETFILE = "dma_buf_getfile() keeps O_ACCMODE|O_NONBLOCK, dma_buf_fd() takes O_CLOEXEC"
+ONE = [(0, K4)]
+
+
+def _ok(name: str, data: bytes, size: int, getfl: int = O_RDONLY, why: str = DMAF, op: str = "feat") -> Case:
+    return Case(name, op, 0, why, data, size=size, getfl=getfl)
+
+
+def _e(name: str, data: bytes, want: int, why: str) -> Case:
+    return Case(name, "feat", want, why, data)
+
+
+CASES: tuple[Case, ...] = (
+    # -- the feature header: vfio_ioctl_device_feature() (drivers/vfio/vfio_main.c)
+    _e("hdr-empty", b"", errno.EFAULT, f"{VIOCTL}: copy_from_user() of argsz+flags"),
+    _e("hdr-7-bytes", hdr(24, GOOD)[:7], errno.EFAULT, f"{VIOCTL}: copy_from_user() of argsz+flags"),
+    _e("argsz-0", hdr(0, GOOD) + body(2, 1, ONE), errno.EINVAL, f"{VIOCTL}: argsz < minsz"),
+    _e("argsz-7", hdr(7, GOOD) + body(2, 1, ONE), errno.EINVAL, f"{VIOCTL}: argsz < minsz"),
+    _e("flag-bit-19", hdr(40, GOOD | 1 << 19) + body(2, 1, ONE), errno.EINVAL, f"{VIOCTL}: unknown flags"),
+    _e("flag-bit-31", hdr(40, GOOD | 1 << 31) + body(2, 1, ONE), errno.EINVAL, f"{VIOCTL}: unknown flags"),
+    _e("flag-bit-19-unknown-feature", hdr(8, GET | 1 << 19 | 0x1234), errno.EINVAL, f"{VIOCTL}: flags first"),
+    _e("get-and-set", hdr(40, GET | SET | DMA_BUF) + body(2, 1, ONE), errno.EINVAL, f"{VIOCTL}: GET & SET"),
+    # -- vfio_check_feature(flags, argsz, GET, sizeof(struct vfio_device_feature_dma_buf)) in DMA_BUF
+    _e("dmabuf-probe-get", hdr(8, PROBE | GET | DMA_BUF), 0, f"{CHECK}: PROBE"),
+    _e("dmabuf-probe-alone", hdr(8, PROBE | DMA_BUF), 0, f"{CHECK}: PROBE without GET/SET"),
+    _e("dmabuf-probe-set", hdr(8, PROBE | SET | DMA_BUF), errno.EINVAL, f"{CHECK}: SET not supported"),
+    _e("dmabuf-probe-get-set", hdr(8, PROBE | GET | SET | DMA_BUF), errno.EINVAL, f"{CHECK}: SET not supported"),
+    _e("dmabuf-set", hdr(40, SET | DMA_BUF) + body(2, 1, ONE), errno.EINVAL, f"{CHECK}: SET not supported"),
+    _e("dmabuf-no-get-set-probe", hdr(40, DMA_BUF) + body(2, 1, ONE), errno.EINVAL, f"{CHECK}: neither GET nor SET"),
+    _e("dmabuf-argsz-8", hdr(8, GOOD) + body(2, 1, ONE), errno.EINVAL, f"{CHECK}: argsz < minsz"),
+    _e("dmabuf-argsz-23", hdr(23, GOOD) + body(2, 1, ONE), errno.EINVAL, f"{CHECK}: argsz < minsz"),
+    _ok("dmabuf-argsz-24-ranges-unchecked", hdr(24, GOOD) + body(2, 1, ONE), K4, O_RDONLY,
+        f"{DMAF}: argsz covers the header only, memdup_array_user() reads nr_ranges"),
+    _e("dmabuf-body-truncated", (hdr(24, GOOD) + body(2, 1, ONE))[:18], errno.EFAULT,
+       f"{DMAF}: copy_from_user() of the dma_buf header"),
+    # -- the dma_buf header
+    _e("nr-ranges-0", hdr(24, GOOD) + body(2, 0), errno.EINVAL, f"{DMAF}: !nr_ranges"),
+    _e("req-flags-1", hdr(40, GOOD) + body(2, 1, ONE, req_flags=1), errno.EINVAL, f"{DMAF}: flags"),
+    _e("req-flags-bit-31", hdr(40, GOOD) + body(2, 1, ONE, req_flags=1 << 31), errno.EINVAL, f"{DMAF}: flags"),
+    _e("nr-0-and-bad-region", hdr(24, GOOD) + body(9, 0), errno.EINVAL, f"{DMAF}: nr_ranges before the region"),
+    # -- region_index: >= VFIO_PCI_ROM_REGION_INDEX, or vfio_pci_core_get_iomap() an error pointer
+    _e("region-3-upper-half", req(3, ONE), errno.ENODEV, f"{DMAF}: get_iomap() of a zero-length BAR"),
+    _e("region-4-absent", req(4, ONE), errno.ENODEV, f"{DMAF}: get_iomap() of a zero-length BAR"),
+    _e("region-5-absent", req(5, ONE), errno.ENODEV, f"{DMAF}: get_iomap() of a zero-length BAR"),
+    _e("region-6-rom", req(6, ONE), errno.ENODEV, f"{DMAF}: region_index >= VFIO_PCI_ROM_REGION_INDEX"),
+    _e("region-7-config", req(7, ONE), errno.ENODEV, f"{DMAF}: region_index >= VFIO_PCI_ROM_REGION_INDEX"),
+    _e("region-8-vga", req(8, ONE), errno.ENODEV, f"{DMAF}: region_index >= VFIO_PCI_ROM_REGION_INDEX"),
+    _e("region-u32-max", req(0xFFFFFFFF, ONE), errno.ENODEV, f"{DMAF}: region_index >= ROM"),
+    _e("region-4-bad-ranges", req(4, [(1, 1)]), errno.ENODEV, f"{DMAF}: ENODEV before the ranges are read"),
+    _e("region-4-nr-huge", hdr(24, GOOD) + body(4, 0xFFFFFFFF), errno.ENODEV, f"{DMAF}: ENODEV before memdup"),
+    _e("region-1-io-bar", req(1, ONE), errno.EINVAL, f"{PHYS}: pcim_p2pdma_provider() is NULL for an I/O BAR"),
+    _ok("region-0-mmio-4k", req(0, ONE), K4),
+    _e("region-0-past-4k", req(0, [(0, 2 * K4)]), errno.EINVAL, f"{FILL}: end > max_addr"),
+    # -- nr_ranges against the bytes there (memdup_array_user(): EFAULT past them, ENOMEM above KMALLOC_MAX_SIZE)
+    _e("nr-2-one-given", hdr(40, GOOD) + body(2, 2, ONE), errno.EFAULT, f"{DMAF}: memdup_array_user() faults"),
+    _e("nr-65536-one-given", hdr(40, GOOD) + body(2, 1 << 16, ONE), errno.EFAULT, f"{DMAF}: memdup_array_user()"),
+    _e("nr-262144-4mib-one-given", hdr(40, GOOD) + body(2, 1 << 18, ONE), errno.EFAULT,
+       f"{DMAF}: 4 MiB is KMALLOC_MAX_SIZE: allocated, then the copy faults"),
+    _e("nr-262145-above-kmalloc-max", hdr(40, GOOD) + body(2, (1 << 18) + 1, ONE), errno.ENOMEM,
+       f"{DMAF}: memdup_array_user() -> kmalloc() beyond KMALLOC_MAX_SIZE"),
+    _e("nr-u32-max", hdr(40, GOOD) + body(2, 0xFFFFFFFF, ONE), errno.ENOMEM, f"{DMAF}: memdup_array_user()"),
+    # -- validate_dmabuf_input(): non-empty, page-aligned, no overflow, not DMA_IOVA_USE_SWIOTLB
+    _ok("bar2-first-page", req(2, ONE), K4),
+    _ok("bar2-whole", req(2, [(0, M4)]), M4),
+    _ok("bar2-last-page", req(2, [(M4 - K4, K4)]), K4),
+    _e("bar2-length-0", req(2, [(0, 0)]), errno.EINVAL, f"{VALID}: !len"),
+    _e("bar2-offset-1", req(2, [(1, K4)]), errno.EINVAL, f"{VALID}: offset not page aligned"),
+    _e("bar2-offset-2048", req(2, [(2048, K4)]), errno.EINVAL, f"{VALID}: offset not page aligned"),
+    _e("bar2-length-4097", req(2, [(0, K4 + 1)]), errno.EINVAL, f"{VALID}: length not page aligned"),
+    _e("bar2-length-100", req(2, [(0, 100)]), errno.EINVAL, f"{VALID}: length not page aligned"),
+    _e("bar2-length-bit-63", req(2, [(0, 1 << 63)]), errno.EINVAL, f"{VALID}: DMA_IOVA_USE_SWIOTLB bit"),
+    _e("bar2-total-overflow", req(2, [(0, 1 << 63), (0, 1 << 63)]), errno.EINVAL, f"{VALID}: check_add_overflow"),
+    _e("bar2-unaligned-second", req(2, [(0, K4), (K4, 10)]), errno.EINVAL, f"{VALID}: every range"),
+    _e("bar2-empty-third", req(2, [(0, K4), (K4, K4), (0, 0)]), errno.EINVAL, f"{VALID}: every range"),
+    # -- vfio_pci_core_fill_phys_vec(): inside the BAR, no overflow of start + offset + length
+    _e("bar2-past-end", req(2, [(M4, K4)]), errno.EINVAL, f"{FILL}: end > max_addr"),
+    _e("bar2-8mib", req(2, [(0, 2 * M4)]), errno.EINVAL, f"{FILL}: end > max_addr"),
+    _e("bar2-straddles-end", req(2, [(M4 - K4, 2 * K4)]), errno.EINVAL, f"{FILL}: end > max_addr"),
+    _e("bar2-offset-overflows", req(2, [((1 << 64) - K4, K4)]), errno.EOVERFLOW,
+       f"{FILL}: check_add_overflow(start, offset)"),
+    _e("bar2-end-overflows", req(2, [(0, (1 << 63) - K4)]), errno.EINVAL,
+       f"{FILL}: start + len below 2^64 but past the BAR"),
+    _e("bar2-second-past-end", req(2, [(0, K4), (M4, K4)]), errno.EINVAL, f"{FILL}: every range"),
+    # -- several ranges (struct phys_vec per range; the size is the sum)
+    _ok("bar2-three-ranges", req(2, [(0, K4), (8 * K4, 2 * K4), (M4 - K4, K4)]), 4 * K4),
+    _ok("bar2-overlapping-ranges", req(2, [(0, K4), (0, K4)]), 2 * K4),
+    _ok("bar2-1024-pages", req(2, [(k * K4, K4) for k in range(1024)]), M4),
+    _ok("bar2-whole-twice", req(2, [(0, M4), (0, M4)]), 2 * M4),
+    # -- open_flags: dma_buf_getfile() keeps O_ACCMODE | O_NONBLOCK; dma_buf_fd() takes O_CLOEXEC for the fd
+    _ok("open-flags-0", req(2, ONE, open_flags=0), K4, O_RDONLY, GETFILE),
+    _ok("open-flags-rdwr", req(2, ONE, open_flags=O_RDWR), K4, O_RDWR, GETFILE),
+    _ok("open-flags-rdwr-cloexec", req(2, ONE, open_flags=O_RDWR | O_CLOEXEC), K4, O_RDWR, GETFILE),
+    _ok("open-flags-wronly-nonblock", req(2, ONE, open_flags=O_WRONLY | O_NONBLOCK), K4, O_WRONLY | O_NONBLOCK,
+        GETFILE),
+    _ok("open-flags-accmode-3", req(2, ONE, open_flags=3), K4, 3, GETFILE),
+    _ok("open-flags-append-dropped", req(2, ONE, open_flags=O_RDWR | O_APPEND), K4, O_RDWR, GETFILE),
+    _ok("open-flags-u32-max", req(2, ONE, open_flags=0xFFFFFFFF), K4, 3 | O_NONBLOCK, GETFILE),
+    # -- other feature numbers, answered by vfio core or vfio-pci themselves
+    _e("feat-0-vf-token-get", feat(0, GET, bytes(16)), errno.ENOTTY,
+       "vfio_pci_core_feature_token(): !vdev->vf_token"),
+    _e("feat-0-vf-token-probe-set", feat(0, PROBE | SET), errno.ENOTTY, "vfio_pci_core_feature_token()"),
+    _e("feat-1-migration-get", feat(1, GET, bytes(8)), errno.ENOTTY,
+       "vfio_ioctl_device_feature_migration(): !device->mig_ops"),
+    _e("feat-2-mig-state-set", feat(2, SET, bytes(8)), errno.ENOTTY,
+       "vfio_ioctl_device_feature_mig_device_state(): !device->mig_ops"),
+    _e("feat-6-logging-start", feat(6, SET, bytes(24)), errno.ENOTTY,
+       "vfio_ioctl_device_feature_logging_start(): !device->log_ops"),
+    _e("feat-7-logging-stop", feat(7, SET), errno.ENOTTY, "vfio_ioctl_device_feature_logging_stop()"),
+    _e("feat-8-logging-report", feat(8, GET, bytes(24)), errno.ENOTTY, "vfio_ioctl_device_feature_logging_report()"),
+    _e("feat-9-mig-data-size", feat(9, GET, bytes(8)), errno.ENOTTY,
+       "vfio_ioctl_device_feature_migration_data_size(): !device->mig_ops"),
+    _e("feat-12-precopy-v2-set", feat(12, SET), errno.EINVAL,
+       "vfio_ioctl_device_feature_migration_precopy_info_v2(): no VFIO_MIGRATION_PRE_COPY"),
+    _e("feat-12-precopy-v2-probe-set", feat(12, PROBE | SET), errno.EINVAL,
+       "vfio_ioctl_device_feature_migration_precopy_info_v2(): before vfio_check_feature()"),
+    _e("feat-10-bus-master", feat(10, SET, bytes(8)), errno.ENOTTY, "vfio_pci_core_ioctl_feature(): default"),
+    _e("feat-13", feat(13, GET), errno.ENOTTY, "vfio_pci_core_ioctl_feature(): default"),
+    _e("feat-ffff", feat(0xFFFF, PROBE | GET), errno.ENOTTY, "vfio_pci_core_ioctl_feature(): default"),
+    _e("feat-3-pm-entry-get", feat(3, GET), errno.EINVAL, "vfio_pci_core_pm_entry(): vfio_check_feature(SET)"),
+    _e("feat-3-pm-entry-probe-get", feat(3, PROBE | GET), errno.EINVAL, "vfio_pci_core_pm_entry()"),
+    _e("feat-3-pm-entry-probe-set", feat(3, PROBE | SET), 0, "vfio_pci_core_pm_entry(): PROBE"),
+    _e("feat-3-pm-entry-none", feat(3, 0), errno.EINVAL, "vfio_check_feature(): neither GET nor SET"),
+    _e("feat-4-pm-wakeup-get", feat(4, GET, struct.pack("<iI", 0, 0)), errno.EINVAL,
+       "vfio_pci_core_pm_entry_with_wakeup(): vfio_check_feature(SET)"),
+    _e("feat-4-pm-wakeup-probe-set", feat(4, PROBE | SET), 0, "vfio_pci_core_pm_entry_with_wakeup(): PROBE"),
+    _e("feat-4-pm-wakeup-argsz-8", feat(4, SET), errno.EINVAL, f"{CHECK}: argsz < sizeof(wakeup entry)"),
+    _e("feat-4-pm-wakeup-argsz-12-fd-900", feat(4, SET, struct.pack("<i", 900)), errno.EINVAL,
+       f"{CHECK}: argsz 4 < sizeof(struct vfio_device_low_power_entry_with_wakeup) = 8 (with reserved)"),
+    _e("feat-4-pm-wakeup-fd-minus-1", feat(4, SET, struct.pack("<iI", -1, 0)), errno.EINVAL,
+       "vfio_pci_core_pm_entry_with_wakeup(): wakeup_eventfd < 0"),
+    _e("feat-4-pm-wakeup-fd-900", feat(4, SET, struct.pack("<iI", 900, 0)), errno.EBADF,
+       "vfio_pci_core_pm_entry_with_wakeup(): eventfd_ctx_fdget() of a closed fd"),
+    _e("feat-5-pm-exit-get", feat(5, GET), errno.EINVAL, "vfio_pci_core_pm_exit(): vfio_check_feature(SET)"),
+    _e("feat-5-pm-exit-probe-set", feat(5, PROBE | SET), 0, "vfio_pci_core_pm_exit(): PROBE"),
+    # -- lifetime: a kept dma-buf across decode off/on and reset (vfio_basic_config_write(),
+    #    vfio_pci_ioctl_reset() -> vfio_pci_dma_buf_move()); the file itself shows no revoke (see the test below)
+    _ok("keep-bar2-page", req(2, ONE, open_flags=O_RDWR), K4, O_RDWR, op="keep"),
+    Case("kept-mmap", "mmap", errno.EINVAL, "dma_buf_mmap_internal(): vfio_pci_dmabuf_ops has no .mmap"),
+    Case("kept-sync-file", "sync", 0, "dma_buf_export_sync_file(): no fences, a signalled stub"),
+    Case("decode-off", "cmd", 0, "vfio_basic_config_write(): memory bit cleared -> dma_buf_move(true)", value=0),
+    Case("revoked-sync-file", "sync", 0, "dma_buf_export_sync_file(): the file knows nothing of revoked"),
+    Case("revoked-mmap", "mmap", errno.EINVAL, "dma_buf_mmap_internal()"),
+    _ok("export-decode-off", req(2, ONE), K4, why=f"{DMAF}: born revoked (!__vfio_pci_memory_enabled()), still an fd"),
+    _e("export-decode-off-bad", req(2, [(M4, K4)]), errno.EINVAL, f"{FILL}: checks still run with decode off"),
+    Case("decode-on", "cmd", 0, "vfio_basic_config_write(): memory bit set -> dma_buf_move(false)",
+         value=V.PCI_COMMAND_MEMORY),
+    Case("decode-on-again", "cmd", 0, "vfio_basic_config_write(): no change of the bit", value=V.PCI_COMMAND_MEMORY),
+    Case("reset", "reset", 0, "vfio_pci_ioctl_reset(): revoke, pci_try_reset_function(), un-revoke"),
+    Case("reset-sync-file", "sync", 0, "dma_buf_export_sync_file()"),
+    _ok("export-after-reset", req(2, [(0, M4)]), M4),
+    Case("close-kept", "close", 0, "dma_buf_release() -> vfio_pci_dma_buf_release()"),
+    # -- runtime PM last (it changes the device's power bookkeeping): vfio_pci_runtime_pm_entry() / _exit()
+    _e("feat-3-pm-entry-set", feat(3, SET), 0, "vfio_pci_runtime_pm_entry()"),
+    _e("feat-3-pm-entry-again", feat(3, SET), errno.EINVAL, "vfio_pci_runtime_pm_entry(): pm_runtime_engaged"),
+    _e("feat-5-pm-exit-set", feat(5, SET), 0, "vfio_pci_runtime_pm_exit()"),
+    _e("feat-5-pm-exit-again", feat(5, SET), 0, "vfio_pci_runtime_pm_exit(): not engaged, still 0"),
+    _ok("export-after-pm-exit", req(2, ONE), K4),
+)
+
+# Cases where the model is known to differ from 7.2 (strict xfail: name -> the kernel function and the difference).
+MODEL_DIFFERS: dict[str, str] = {
+    "feat-4-pm-wakeup-argsz-12-fd-900": (
+        "vfio_pci_core_pm_entry_with_wakeup() (drivers/vfio/pci/vfio_pci_core.c, 7.2) checks argsz against"
+        " sizeof(struct vfio_device_low_power_entry_with_wakeup) = 8 (wakeup_eventfd + reserved): a 4-byte payload"
+        " is EINVAL from vfio_check_feature(); the model's minsz is 4, so it reads the fd and answers EBADF"),
+}
+
+# Steps whose outcome the model does not represent (the dma-buf file's own mmap and sync-file ioctls): checked
+# against the kernel source only.
+KERNEL_ONLY = ("mmap", "sync", "close")
+
+
+# ---------------------------------------------------------------------------------------------- the boot
+
+INIT = guest.CAPTURE + r"""
+BDF=""
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor):$(cat $d/device)" = "@TESTDEV@" ] && BDF=$(basename $d)
+done
+echo "P2PDMA-INIT: pci-testdev at $BDF"
+echo vfio-pci > /sys/bus/pci/devices/$BDF/driver_override
+echo $BDF > /sys/bus/pci/drivers_probe
+echo "$BDF $(basename $(readlink /sys/bus/pci/devices/$BDF/driver))" > /out/bound.txt
+ls /dev/vfio >> /out/bound.txt
+capture root
+T0=$(cat /proc/uptime)
+/bin/vfio_guest $BDF /cases.txt /out/results.txt > /out/guest.log 2>&1
+echo "rc=$? $T0 $(cat /proc/uptime)" >> /out/guest.log
+""".replace("@TESTDEV@", TESTDEV)
+
+
+def uapi_7_2() -> Path:
+    """The usr/include of Debian's linux-libc-dev 7.2.13-1 as .ci/kernel-setup extracted it."""
+    inc = qemu.cache_dir() / f"uapi-{qemu.RELEASE_7_2}" / "usr" / "include"
+    if not (inc / "linux" / "vfio.h").exists():
+        raise qemu.Unavailable(f"the 7.2 uAPI headers are not in {inc}: {qemu.SETUP_HINT}")
+    return inc
+
+
+def build_guest_client() -> Path:
+    """tests/kernel/vfio_guest.c, gcc -static against the 7.2 uAPI headers (before the system's), cached by the
+    hash of the source."""
+    src = Path(__file__).with_name("vfio_guest.c")
+    inc = uapi_7_2()
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        raise qemu.Unavailable(f"gcc not found: {qemu.SETUP_HINT}")
+    key = hashlib.sha256(src.read_bytes() + str(inc).encode()).hexdigest()[:16]
+    out = qemu.cache_dir() / f"vfio_guest-{key}"
+    if not out.exists():
+        tmp = out.with_suffix(".tmp")
+        proc = subprocess.run(
+            [gcc, "-static", "-O1", "-Wall", "-Werror", "-isystem", str(inc), "-isystem",
+             str(inc / "x86_64-linux-gnu"), "-o", str(tmp), str(src)],
+            capture_output=True, text=True, check=False, timeout=120)
+        if proc.returncode != 0:
+            if "cannot find -lc" in proc.stderr:
+                raise qemu.Unavailable(f"no static libc (libc6-dev) for gcc -static: {qemu.SETUP_HINT}")
+            raise AssertionError(f"vfio_guest.c does not build:\n{proc.stderr}")
+        tmp.replace(out)
+    return out
+
+
+@dataclass
+class GuestRun:
+    result: qemu.BootResult
+    root: Path
+    bdf: str
+    lines: dict[str, tuple[int, int, int, int, int]]  # name -> rc, errno, F_GETFL, cloexec, size
+    guest_seconds: float
+
+
+_RUN: dict[str, GuestRun | str] = {}
+
+
+@pytest.fixture(scope="module")
+def vfio_run(tmp_path_factory: pytest.TempPathFactory) -> GuestRun:
+    if "run" not in _RUN:
+        try:
+            qemu.qemu_binary()
+            kernel = qemu.kernel_7_2()
+            client = build_guest_client()
+            cases = "".join(c.line() + "\n" for c in CASES).encode()
+            image = qemu.build_initramfs("vfio-dmabuf", INIT, files={"/bin/vfio_guest": client, "/cases.txt": cases},
+                                         modules=VFIO_MODULES, kernel=kernel)
+        except qemu.Unavailable as e:
+            _RUN["run"] = str(e)
+        else:
+            work = tmp_path_factory.mktemp("vfio")
+            result = qemu.boot(kernel, image, QEMU_ARGS, append=APPEND, timeout=300)
+            root = result.extract(work / "out")
+            text = result.outputs.get("results.txt", b"").decode()
+            log = result.outputs.get("guest.log", b"").decode()
+            bound = result.outputs.get("bound.txt", b"").decode().split()
+            assert bound and len(bound) >= 2 and bound[1] == "vfio-pci", (
+                f"pci-testdev not bound to vfio-pci: {bound}; console:\n{result.console[-3000:]}")
+            assert "FATAL" not in text, f"vfio_guest could not open the device: {text}\n{log}"
+            lines = {}
+            for ln in text.splitlines():
+                if ln.startswith("#"):
+                    continue
+                name, *vals = ln.split()
+                lines[name] = tuple(int(v) for v in vals[:5])
+            secs = 0.0
+            if log.strip().splitlines() and log.strip().splitlines()[-1].startswith("rc="):
+                parts = log.strip().splitlines()[-1].split()
+                secs = float(parts[3]) - float(parts[1])
+            _RUN["run"] = GuestRun(result, root, bound[0], lines, secs)  # type: ignore[arg-type]
+    got = _RUN["run"]
+    if isinstance(got, str):
+        pytest.skip(got)
+    return got
+
+
+def model_of(run: GuestRun) -> System:
+    """A model System of the captured guest with the pci-testdev open through vfio-pci."""
+    cap = run.root / "root.tar"
+    if not cap.exists():
+        with tarfile.open(cap, "w") as tar:
+            for entry in sorted((run.root / "root").iterdir()):
+                tar.add(entry, arcname=entry.name)
+    topo = open_machine("root", cap)
+    system = System(topo, profile="7.2")
+    V.vfio_open(system, run.bdf)
+    return system
+
+
+@dataclass(frozen=True)
+class Compared:
+    case: Case
+    kernel: tuple[int, int, int, int, int]
+    model: V.FeatureAnswer | None
+    problems: tuple[str, ...]
+
+
+_COMPARED: dict[str, list[Compared]] = {}
+
+
+def compare_all(run: GuestRun) -> list[Compared]:
+    """Every case through the model in the guest's order, next to the kernel's answer."""
+    if "all" in _COMPARED:
+        return _COMPARED["all"]
+    system = model_of(run)
+    kept: int | None = None
+    out: list[Compared] = []
+    for c in CASES:
+        k = run.lines.get(c.name)
+        if k is None:
+            out.append(Compared(c, (0, 0, 0, 0, 0), None, ("the guest wrote no line",)))
+            continue
+        rc, kerr, getfl, cloexec, size = k
+        bad: list[str] = []
+        model: V.FeatureAnswer | None = None
+        if c.op in ("feat", "keep"):
+            model = V.uapi_feature(system, run.bdf, c.data)
+            if model.blocked:
+                bad.append("model blocks, the kernel returned")
+            if model.errno != kerr:
+                bad.append(f"errno: kernel {errno.errorcode.get(kerr, kerr)}, model "
+                           f"{errno.errorcode.get(model.errno, model.errno)}")
+            if kerr == 0 and size >= 0:
+                if model.size is None:
+                    bad.append("the kernel made a dma-buf, the model did not")
+                else:
+                    if model.size != size:
+                        bad.append(f"size: kernel {size}, model {model.size}")
+                    if model.file_flags != getfl:
+                        bad.append(f"F_GETFL: kernel {getfl:#o}, model {model.file_flags:#o}")
+                    if bool(model.cloexec) != bool(cloexec):
+                        bad.append(f"FD_CLOEXEC: kernel {cloexec}, model {model.cloexec}")
+            elif model.size is not None:
+                bad.append("the model made a dma-buf, the kernel did not")
+            if model.errno == 0 and model.size is not None:
+                if c.op == "keep":
+                    if kept is not None:
+                        B.dma_buf_put(system, kept)
+                    kept = model.result
+                else:
+                    B.dma_buf_put(system, model.result)
+        elif c.op == "cmd":
+            returned = V.vfio_set_memory(system, run.bdf, bool(c.value & V.PCI_COMMAND_MEMORY))
+            if not returned:
+                bad.append("model's config write blocks")
+            if rc != 0:
+                bad.append(f"kernel's config write failed: errno {kerr}")
+        elif c.op == "reset":
+            returned = V.vfio_reset(system, run.bdf)
+            if not returned:
+                bad.append("model's reset blocks")
+            if rc != 0:
+                bad.append(f"kernel's VFIO_DEVICE_RESET failed: errno {errno.errorcode.get(kerr, kerr)}")
+        elif c.op == "close" and kept is not None:
+            B.dma_buf_put(system, kept)
+            kept = None
+        out.append(Compared(c, k, model, tuple(bad)))
+    _COMPARED["all"] = out
+    return out
+
+
+def test_guest_ran_every_case_as_the_kernel_source_says(vfio_run: GuestRun) -> None:
+    """Each step's errno is the one the 7.2 source gives (so the machine shows the case it was built for), and
+    each new dma-buf has the size and F_GETFL derived from its request."""
+    missing = [c.name for c in CASES if c.name not in vfio_run.lines]
+    assert not missing, f"no result for {missing}; guest log:\n{vfio_run.result.outputs.get('guest.log', b'')!r}"
+    wrong = []
+    for c in CASES:
+        rc, kerr, getfl, cloexec, size = vfio_run.lines[c.name]
+        if kerr != c.want:
+            wrong.append(f"{c.name}: kernel {errno.errorcode.get(kerr, kerr)}, expected"
+                         f" {errno.errorcode.get(c.want, c.want)} ({c.why})")
+        elif c.size is not None and (size, getfl) != (c.size, c.getfl):
+            wrong.append(f"{c.name}: dma-buf size {size} F_GETFL {getfl:#o}, expected {c.size} {c.getfl:#o}")
+        elif c.size is not None and cloexec != int(bool(c.data[12:16] and
+                                                         struct.unpack_from("<I", c.data, 12)[0] & O_CLOEXEC)):
+            wrong.append(f"{c.name}: FD_CLOEXEC {cloexec}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_guest_bar_layout_is_the_one_the_cases_assume(vfio_run: GuestRun) -> None:
+    """BAR0 4 KiB MMIO, BAR1 I/O, BAR2 4 MiB 64-bit memory, BAR3-5 empty (pci-testdev,membar=4M)."""
+    res = (vfio_run.root / "root" / "sys" / "bus" / "pci" / "devices").resolve()
+    dev = next(p for p in (vfio_run.root / "root" / "sys" / "devices").rglob(vfio_run.bdf) if p.is_dir())
+    assert res is not None
+    rows = [tuple(int(x, 16) for x in ln.split()) for ln in (dev / "resource").read_text().splitlines()]
+    sizes = [(e - s + 1) if e else 0 for s, e, _f in rows[:6]]
+    io = [bool(f & 0x100) for _s, _e, f in rows[:6]]
+    assert sizes[0] == K4 and not io[0], rows[0]
+    assert io[1], rows[1]
+    assert sizes[2] == M4 and not io[2], rows[2]
+    assert sizes[3:6] == [0, 0, 0], rows[3:6]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.xfail(
+    strict=True, reason=MODEL_DIFFERS[c.name])] if c.name in MODEL_DIFFERS else []) for c in CASES
+    if c.op not in KERNEL_ONLY])
+def test_model_answers_as_the_running_kernel(case: Case, vfio_run: GuestRun) -> None:
+    got = next(x for x in compare_all(vfio_run) if x.case.name == case.name)
+    assert not got.problems, f"{case.name} ({case.why}): " + "; ".join(got.problems)
+
+
+def test_revocation_is_invisible_through_the_dma_buf_file(vfio_run: GuestRun) -> None:
+    """What user space can see of a revoke without an importer: nothing. The kept buffer's mmap() is EINVAL
+    before and after decode off (vfio_pci_dmabuf_ops has no .mmap: dma_buf_mmap_internal()), and
+    DMA_BUF_IOCTL_EXPORT_SYNC_FILE answers 0 before, while revoked and after the reset (dma_buf_export_sync_file()
+    reads only the reservation object, which a revoke leaves without fences). The model agrees that the revoke
+    and the reset return at once: no importer, nothing mapped, no fence to wait for."""
+    for name in ("kept-mmap", "revoked-mmap"):
+        assert vfio_run.lines[name][:2] == (-1, errno.EINVAL), (name, vfio_run.lines[name])
+    for name in ("kept-sync-file", "revoked-sync-file", "reset-sync-file"):
+        assert vfio_run.lines[name][:2] == (0, 0), (name, vfio_run.lines[name])
+    system = model_of(vfio_run)
+    buf = V.uapi_feature(system, vfio_run.bdf, req(2, ONE))
+    assert V.vfio_set_memory(system, vfio_run.bdf, False)
+    assert V.buffer_status(system, buf.result) == V.DmaBufStatus.TEMP_REVOKED
+    assert V.vfio_reset(system, vfio_run.bdf) is True
+    assert V.vfio_set_memory(system, vfio_run.bdf, True)
+    assert V.buffer_status(system, buf.result) == V.DmaBufStatus.OK
+
+
+def test_case_list_is_large_enough_and_named_once() -> None:
+    names = [c.name for c in CASES]
+    assert len(names) == len(set(names))
+    assert sum(c.op in ("feat", "keep") for c in CASES) >= 60
+
+
+def test_timings(vfio_run: GuestRun, record_property) -> None:  # type: ignore[no-untyped-def]
+    record_property("boot_seconds", vfio_run.result.seconds)
+    record_property("guest_client_seconds", vfio_run.guest_seconds)
+    assert vfio_run.result.seconds < 300
+    print(f"vfio-dmabuf boot {vfio_run.result.seconds:.1f} s, client {vfio_run.guest_seconds:.2f} s,"
+          f" {len(vfio_run.lines)} steps; started {time.strftime('%H:%M:%S')}")
