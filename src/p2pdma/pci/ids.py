@@ -174,8 +174,15 @@ class PciIds:
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode) and 0 < st.st_size <= MAX_PCI_IDS:
-                    return cls(source=p)
+                    return _shared(p, st.st_size, st.st_mtime_ns)
         return cls()
+
+
+@functools.lru_cache(maxsize=8)
+def _shared(path: str, size: int, mtime_ns: int) -> PciIds:
+    """One PciIds per pci.ids file (and version of it) in a process: the vendor sections parsed for one
+    machine are not parsed again for the next (a fleet worker reads thousands)."""
+    return PciIds(source=path)
 
 
 @functools.lru_cache(maxsize=4)
