@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ class PciIds:
     source: str | None = None
 
     looked: set[int] = field(default_factory=set)  # vendors (and -1: classes) parsed from ``source``
+    sections: dict[int, tuple[int, int]] = field(default_factory=dict)  # vendor -> its device lines' bytes
 
     def _load_vendor(self, vendor: int) -> None:
         """Parse only ``vendor``'s section of the file (lazily, once): the rest is never parsed."""
@@ -111,11 +113,38 @@ class PciIds:
             self.classes.setdefault(k, v)
 
     def names(self, vendor: int, device: int) -> tuple[str | None, str | None]:
-        """(vendor name, device name), each None when unknown."""
-        if vendor not in self.looked and self.source is not None:
-            self._load_vendor(vendor)
+        """(vendor name, device name), each None when unknown: the vendor's line and the one device
+        line are found in the file's bytes, nothing else of it is parsed."""
+        if self.source is not None and (vendor, device) not in self.devices and vendor not in self.looked:
+            self._lookup(vendor, device)
         v = self.vendors.get(vendor) or BUILTIN_VENDORS.get(vendor)
         return v, self.devices.get((vendor, device))
+
+    def _lookup(self, vendor: int, device: int) -> None:
+        """Find ``vendor``'s section (its bounds cached) and ``device``'s line in it."""
+        data = _file_bytes(self.source) if self.source else None
+        if not data:
+            self.looked.add(vendor)
+            return
+        bounds = self.sections.get(vendor)
+        if bounds is None:
+            key = b"%04x  " % vendor
+            start = 0 if data.startswith(key) else data.find(b"\n" + key) + 1
+            if start <= 0 and not data.startswith(key):
+                self.looked.add(vendor)  # not in the file: built-ins only
+                return
+            nl = data.find(b"\n", start)
+            nl = len(data) if nl < 0 else nl
+            self.vendors.setdefault(vendor, data[start + 6 : nl].decode("utf-8", "replace").strip())
+            nxt = _NEXT_TOP.search(data, nl)  # the next line that is neither indented nor a comment
+            bounds = self.sections[vendor] = (nl, nxt.start() + 1 if nxt else len(data))
+        i = data.find(b"\n\t%04x  " % device, bounds[0] - 1, bounds[1])
+        if i >= 0:
+            nl = data.find(b"\n", i + 1)
+            nl = bounds[1] if nl < 0 else nl
+            self.devices[(vendor, device)] = data[i + 8 : nl].decode("utf-8", "replace").strip()
+        else:
+            self.devices[(vendor, device)] = None  # type: ignore[assignment]
 
     def class_name(self, class_code: int) -> str | None:
         """Most specific known name for a 24-bit class code."""
@@ -176,6 +205,9 @@ class PciIds:
                 if stat.S_ISREG(st.st_mode) and 0 < st.st_size <= MAX_PCI_IDS:
                     return _shared(p, st.st_size, st.st_mtime_ns)
         return cls()
+
+
+_NEXT_TOP = re.compile(rb"\n[^\t#\n]")
 
 
 @functools.lru_cache(maxsize=8)
