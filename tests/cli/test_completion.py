@@ -37,7 +37,7 @@ def test_bash_completes_commands_options_choices_and_files(capsys: pytest.Captur
     script.write_text(_out(capsys, "completion", "bash"))
     assert _complete(script, ["p2pdma", "ma"]) == ["matrix", "man"]
     assert "--max-functions" in _complete(script, ["p2pdma", "matrix", "--max"])
-    assert _complete(script, ["p2pdma", "matrix", "--kernel", "7"]) == ["7.2"]
+    assert _complete(script, ["p2pdma", "matrix", "--kernel", "pci"]) == ["pci-next"]
     assert _complete(script, ["p2pdma", "fleet", "--engine", ""]) == ["pool", "dask", "serial"]
     (tmp_path / "capture-x.tar.gz").write_text("")
     got = _complete(script, ["p2pdma", "topo", "--root", str(tmp_path / "cap")])
