@@ -41,7 +41,7 @@ GOOD = GET | DMA_BUF
 K4, M4 = 4096, 4 << 20
 O_RDONLY, O_WRONLY, O_RDWR, O_APPEND = 0, 1, 2, 0o2000
 O_NONBLOCK, O_CLOEXEC = V.O_NONBLOCK, V.O_CLOEXEC
-VFIO_MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci_core", "vfio_pci")
+VFIO_MODULES = ("vfio", "vfio_iommu_type1", "vfio_pci_core", "vfio_pci", "vgem")
 TESTDEV = "0x1b36:0x0005"  # QEMU's pci-testdev
 QEMU_ARGS = [
     "-M", "q35", "-cpu", "qemu64",
@@ -84,12 +84,13 @@ class Case:
     value: int = 0
     size: int | None = None  # for a new dma-buf: its size
     getfl: int | None = None  # and its F_GETFL
+    blocked: bool = False  # bg* steps: the call is still inside the kernel WAIT_MS after it started
 
     def line(self) -> str:
-        if self.op in ("feat", "keep"):
+        if self.op in ("feat", "keep", "bgfeat"):
             return f"{self.op} {self.name} {self.data.hex() or '-'}"
-        if self.op == "cmd":
-            return f"cmd {self.name} {self.value:#x}"
+        if self.op in ("cmd", "bgcmd"):
+            return f"{self.op} {self.name} {self.value:#x}"
         return f"{self.op} {self.name}"
 
 
@@ -250,6 +251,30 @@ CASES: tuple[Case, ...] = (
     Case("reset-sync-file", "sync", 0, "dma_buf_export_sync_file()"),
     _ok("export-after-reset", req(2, [(0, M4)]), M4),
     Case("close-kept", "close", 0, "dma_buf_release() -> vfio_pci_dma_buf_release()"),
+    # -- blocking: an unsignalled vgem fence in the buffer's reservation object. vfio_pci_dma_buf_move() waits in
+    #    dma_resv_wait_timeout(BOOKKEEP) under memory_lock, for a revoke and for an un-revoke alike; an export
+    #    issued meanwhile sleeps in down_write(&vdev->memory_lock) and returns once the move is done.
+    _ok("keep-fenced", req(2, ONE), K4, op="keep"),
+    Case("fence-1", "fence", 0, "dma_buf_import_sync_file(): WRITE fence added under dma_resv_lock()"),
+    Case("fenced-decode-off", "bgcmd", 0, "vfio_pci_dma_buf_move(true): dma_resv_wait_timeout()", value=0,
+         blocked=True),
+    Case("export-during-revoke", "bgfeat", 0, f"{DMAF}: down_write(&vdev->memory_lock)", req(2, [(0, 2 * K4)]),
+         size=2 * K4, getfl=O_RDONLY, blocked=True),
+    Case("signal-1", "signal", 0, "dma_fence_signal() wakes the move; memory_lock goes to the export"),
+    Case("fence-2", "fence", 0, "dma_buf_import_sync_file()"),
+    Case("fenced-decode-on", "bgcmd", 0, "vfio_pci_dma_buf_move(false): waits for fences before revoked = false",
+         value=V.PCI_COMMAND_MEMORY, blocked=True),
+    Case("signal-2", "signal", 0, "dma_fence_signal()"),
+    Case("fence-3", "fence", 0, "dma_buf_import_sync_file()"),
+    Case("fenced-reset", "bgreset", 0, "vfio_pci_ioctl_reset() -> vfio_pci_dma_buf_move(true)", blocked=True),
+    Case("export-during-reset", "bgfeat", 0, f"{DMAF}: behind the reset's memory_lock", req(2, ONE),
+         size=K4, getfl=O_RDONLY, blocked=True),
+    Case("signal-3", "signal", 0, "dma_fence_signal()"),
+    Case("fence-4", "fence", 0, "dma_buf_import_sync_file()"),
+    Case("fenced-decode-on-unchanged", "bgcmd", 0, "vfio_basic_config_write(): bit unchanged, no move, no wait",
+         value=V.PCI_COMMAND_MEMORY, blocked=False),
+    Case("signal-4", "signal", 0, "dma_fence_signal()"),
+    Case("close-fenced", "close", 0, "dma_buf_release()"),
     # -- runtime PM last (it changes the device's power bookkeeping): vfio_pci_runtime_pm_entry() / _exit()
     _e("feat-3-pm-entry-set", feat(3, SET), 0, "vfio_pci_runtime_pm_entry()"),
     _e("feat-3-pm-entry-again", feat(3, SET), errno.EINVAL, "vfio_pci_runtime_pm_entry(): pm_runtime_engaged"),
@@ -269,6 +294,7 @@ MODEL_DIFFERS: dict[str, str] = {
 # Steps whose outcome the model does not represent (the dma-buf file's own mmap and sync-file ioctls): checked
 # against the kernel source only.
 KERNEL_ONLY = ("mmap", "sync", "close")
+BACKGROUND = ("bgcmd", "bgreset", "bgfeat")
 
 
 # ---------------------------------------------------------------------------------------------- the boot
@@ -403,6 +429,8 @@ def compare_all(run: GuestRun) -> list[Compared]:
         return _COMPARED["all"]
     system = model_of(run)
     kept: int | None = None
+    fence: int | None = None
+    pending: list[tuple[Case, int | None]] = []  # background calls since the last signal (feature: its ticket)
     out: list[Compared] = []
     for c in CASES:
         k = run.lines.get(c.name)
@@ -453,6 +481,52 @@ def compare_all(run: GuestRun) -> list[Compared]:
         elif c.op == "close" and kept is not None:
             B.dma_buf_put(system, kept)
             kept = None
+        elif c.op == "fence":
+            assert kept is not None, f"{c.name}: no kept buffer"
+            fence = B.dma_buf_import_sync_file(system, kept, B.DMA_BUF_SYNC_WRITE)
+            if rc != 0:
+                bad.append(f"kernel's fence setup failed: errno {errno.errorcode.get(kerr, kerr)}")
+        elif c.op in BACKGROUND:
+            ticket: int | None = None
+            if c.op == "bgcmd":
+                mblocked = not V.vfio_set_memory(system, run.bdf, bool(c.value & V.PCI_COMMAND_MEMORY))
+            elif c.op == "bgreset":
+                mblocked = not V.vfio_reset(system, run.bdf)
+            else:
+                model = V.uapi_feature(system, run.bdf, c.data)
+                mblocked, ticket = model.blocked, model.ticket
+                if not model.blocked and model.errno == 0 and model.size is not None:
+                    B.dma_buf_put(system, model.result)
+            if mblocked != (rc == 1):
+                bad.append(f"blocking: kernel {'sleeps' if rc == 1 else 'returned'}, model"
+                           f" {'sleeps' if mblocked else 'returned'}")
+            pending.append((c, ticket))
+        elif c.op == "signal":
+            assert kept is not None and fence is not None, f"{c.name}: no fence"
+            B.dma_fence_signal(system, kept, fence)
+            fence = None
+            for bg, ticket in pending:
+                done = run.lines.get(bg.name + ".done")
+                if done is None:
+                    bad.append(f"{bg.name}: the guest wrote no completion")
+                    continue
+                if bg.op == "bgfeat":
+                    got = V.uapi_result(system, run.bdf, ticket) if ticket is not None else None
+                    if ticket is not None and got is None:
+                        bad.append(f"{bg.name}: still sleeps in the model after the signal")
+                    elif got is not None:
+                        if got.errno != done[1]:
+                            bad.append(f"{bg.name}: errno kernel {done[1]}, model {got.errno}")
+                        if done[1] == 0 and (got.size, got.file_flags) != (done[4], done[2]):
+                            bad.append(f"{bg.name}: size/F_GETFL kernel {done[4]}/{done[2]:#o}, model"
+                                       f" {got.size}/{got.file_flags}")
+                        if got.errno == 0 and got.size is not None:
+                            B.dma_buf_put(system, got.result)  # the child's fd closed when it exited
+                elif not V.revoke_done(system, run.bdf):
+                    bad.append(f"{bg.name}: still sleeps in the model after the signal")
+                elif done[:2] != (0, 0):
+                    bad.append(f"{bg.name}: kernel's call failed: {done}")
+            pending = []
         out.append(Compared(c, k, model, tuple(bad)))
     _COMPARED["all"] = out
     return out
@@ -466,6 +540,15 @@ def test_guest_ran_every_case_as_the_kernel_source_says(vfio_run: GuestRun) -> N
     wrong = []
     for c in CASES:
         rc, kerr, getfl, cloexec, size = vfio_run.lines[c.name]
+        if c.op in BACKGROUND:
+            done = vfio_run.lines.get(c.name + ".done")
+            if rc != int(c.blocked):
+                wrong.append(f"{c.name}: {'still inside' if rc else 'returned'} after the wait ({c.why})")
+            elif done is None or done[1] != c.want:
+                wrong.append(f"{c.name}: completion {done}, expected errno {c.want}")
+            elif c.size is not None and (done[4], done[2]) != (c.size, c.getfl):
+                wrong.append(f"{c.name}: dma-buf size {done[4]} F_GETFL {done[2]:#o}, expected {c.size}")
+            continue
         if kerr != c.want:
             wrong.append(f"{c.name}: kernel {errno.errorcode.get(kerr, kerr)}, expected"
                          f" {errno.errorcode.get(c.want, c.want)} ({c.why})")

@@ -11,12 +11,23 @@
  *   mmap NAME           mmap() the kept dma-buf (one page, shared, read)
  *   sync NAME           DMA_BUF_IOCTL_EXPORT_SYNC_FILE (read) on the kept dma-buf
  *   close NAME          close the kept dma-buf
+ *   fence NAME          an unsignalled vgem fence (DRM_IOCTL_VGEM_FENCE_ATTACH on a dumb buffer, exported as a
+ *                       sync_file by DMA_BUF_IOCTL_EXPORT_SYNC_FILE) put into the kept dma-buf as a WRITE fence
+ *                       with DMA_BUF_IOCTL_IMPORT_SYNC_FILE
+ *   bgcmd NAME VALUE    the command register write in a child process; RC is 1 when the child is still inside
+ *   bgreset NAME        the write after WAIT_MS ms (it sleeps in the kernel), 0 when it returned
+ *   bgfeat NAME HEX     (likewise VFIO_DEVICE_RESET, VFIO_DEVICE_FEATURE)
+ *   signal NAME         DRM_IOCTL_VGEM_FENCE_SIGNAL of the last fence, then wait for every child: each writes
+ *                       its own line NAME.done RC ERRNO GETFL CLOEXEC SIZE when its call returns
  * Result line: NAME RC ERRNO GETFL CLOEXEC SIZE  (RC is 0 or -1 for fd-returning calls: the fd number is not
  * compared; GETFL/CLOEXEC/SIZE are -1 when no dma-buf fd was made).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <drm/drm.h>
+#include <drm/drm_mode.h>
+#include <drm/vgem_drm.h>
 #include <linux/dma-buf.h>
 #include <linux/vfio.h>
 #include <stdint.h>
@@ -25,13 +36,18 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef VFIO_DEVICE_FEATURE_DMA_BUF
 #error "needs the Linux 7.2 uAPI headers (VFIO_DEVICE_FEATURE_DMA_BUF)"
 #endif
 
-static int dev = -1, kept = -1;
+#define WAIT_MS 1500
+static int dev = -1, kept = -1, vgem = -1, vgem_bo = -1;
+static unsigned vgem_fence;
+static int children;
 static off_t cfg_off;
 static FILE *out;
 
@@ -102,6 +118,73 @@ static int open_device(const char *bdf) {
   return fd;
 }
 
+/* Run one call in a child: the child writes NAME.done when it returns; the parent reports whether it is still
+ * inside the kernel after WAIT_MS. */
+static void background(const char *name, const char *op, unsigned char *arg, uint16_t value) {
+  char done[160];
+  snprintf(done, sizeof done, "%s.done", name);
+  fflush(out);
+  pid_t pid = fork();
+  if (pid < 0) die("fork");
+  if (pid == 0) {
+    errno = 0;
+    if (!strcmp(op, "bgcmd")) {
+      ssize_t w = pwrite(dev, &value, 2, cfg_off + 4);
+      result(done, w == 2 ? 0 : -1, errno, -1);
+    } else if (!strcmp(op, "bgreset")) {
+      int rc = ioctl(dev, VFIO_DEVICE_RESET);
+      result(done, rc, errno, -1);
+    } else {
+      int rc = ioctl(dev, VFIO_DEVICE_FEATURE, arg);
+      int err = errno;
+      result(done, rc > 0 ? 0 : rc, err, rc > 0 ? rc : -1);
+    }
+    fflush(out);
+    _exit(0);
+  }
+  children++;
+  struct timespec ts = {WAIT_MS / 1000, (WAIT_MS % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+  int st;
+  pid_t got = waitpid(pid, &st, WNOHANG);
+  if (got == pid) children--;
+  result(name, got == pid ? 0 : 1, 0, -1);
+}
+
+static void fence(const char *name) {
+  if (vgem < 0) {
+    vgem = open("/dev/dri/card0", O_RDWR);
+    if (vgem < 0) { result(name, -1, errno, -1); return; }
+    struct drm_mode_create_dumb dumb = {.height = 1, .width = 1024, .bpp = 32};
+    if (ioctl(vgem, DRM_IOCTL_MODE_CREATE_DUMB, &dumb)) { result(name, -1, errno, -1); return; }
+    vgem_bo = (int)dumb.handle;
+  }
+  struct drm_vgem_fence_attach fa = {.handle = (unsigned)vgem_bo, .flags = VGEM_FENCE_WRITE};
+  if (ioctl(vgem, DRM_IOCTL_VGEM_FENCE_ATTACH, &fa)) { result(name, -1, errno, -1); return; }
+  vgem_fence = fa.out_fence;
+  struct drm_prime_handle ph = {.handle = (unsigned)vgem_bo, .flags = DRM_CLOEXEC | DRM_RDWR};
+  if (ioctl(vgem, DRM_IOCTL_PRIME_HANDLE_TO_FD, &ph)) { result(name, -1, errno, -1); return; }
+  struct dma_buf_export_sync_file ex = {.flags = DMA_BUF_SYNC_READ, .fd = -1};
+  if (ioctl(ph.fd, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &ex)) { result(name, -1, errno, -1); return; }
+  close(ph.fd);
+  struct dma_buf_import_sync_file im = {.flags = DMA_BUF_SYNC_WRITE, .fd = ex.fd};
+  errno = 0;
+  int rc = ioctl(kept, DMA_BUF_IOCTL_IMPORT_SYNC_FILE, &im);
+  result(name, rc, errno, -1);
+  close(ex.fd);
+}
+
+static void signal_fence(const char *name) {
+  struct drm_vgem_fence_signal fs = {.fence = vgem_fence};
+  errno = 0;
+  int rc = ioctl(vgem, DRM_IOCTL_VGEM_FENCE_SIGNAL, &fs);
+  result(name, rc, errno, -1);
+  while (children > 0) {
+    if (wait(NULL) < 0) break;
+    children--;
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc != 4) { fprintf(stderr, "usage: vfio_guest BDF CASES OUT\n"); return 2; }
   out = fopen(argv[3], "w");
@@ -161,6 +244,15 @@ int main(int argc, char **argv) {
       int rc = close(kept);
       kept = -1;
       result(name, rc, errno, -1);
+    } else if (!strcmp(op, "fence")) {
+      fence(name);
+    } else if (!strcmp(op, "signal")) {
+      signal_fence(name);
+    } else if (!strcmp(op, "bgcmd") || !strcmp(op, "bgreset")) {
+      background(name, op, NULL, (uint16_t)strtoul(sscanf(rest, "%63s", arg) == 1 ? arg : "0", NULL, 0));
+    } else if (!strcmp(op, "bgfeat")) {
+      size_t n = unhex(rest, bytes, sizeof bytes);
+      background(name, op, guarded(bytes, n), 0);
     } else {
       fprintf(out, "%s -1 %d -1 -1 -1 unknown-op\n", name, EINVAL);
     }
