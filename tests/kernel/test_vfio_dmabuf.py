@@ -281,6 +281,21 @@ CASES: tuple[Case, ...] = (
     _e("feat-5-pm-exit-set", feat(5, SET), 0, "vfio_pci_runtime_pm_exit()"),
     _e("feat-5-pm-exit-again", feat(5, SET), 0, "vfio_pci_runtime_pm_exit(): not engaged, still 0"),
     _ok("export-after-pm-exit", req(2, ONE), K4),
+    # -- the end of the device: unbind while user space holds it open sleeps in vfio_unregister_group_dev() until
+    #    the last registration reference goes; the close runs vfio_pci_dma_buf_cleanup(), whose revoke waits for
+    #    the fence; the dma-buf file outlives the device (priv->vdev = NULL)
+    _ok("keep-final", req(2, ONE), K4, op="keep"),
+    Case("fence-5", "fence", 0, "dma_buf_import_sync_file()"),
+    Case("unbind-while-open", "bgunbind", 0, "vfio_unregister_group_dev(): wait_for_completion(&device->comp)",
+         blocked=True),
+    Case("export-during-unbind", "bgfeat", 0,
+         f"{DMAF}: vfio_device_try_get_registration() while the open fd holds a reference", req(2, ONE),
+         size=K4, getfl=O_RDONLY, blocked=False),
+    Case("close-device-fenced", "bgclose", 0, "vfio_pci_core_close_device() -> vfio_pci_dma_buf_cleanup()",
+         blocked=True),
+    Case("signal-5", "signal", 0, "dma_fence_signal(): the close goes on, then the unbind"),
+    Case("final-sync-file", "sync", 0, "dma_buf_export_sync_file(): the file outlives the device"),
+    Case("close-final", "close", 0, "dma_buf_release(): priv->vdev is NULL, nothing to unlink"),
 )
 
 # Cases where the model is known to differ from 7.2 (strict xfail: name -> the kernel function and the difference).
@@ -289,12 +304,18 @@ MODEL_DIFFERS: dict[str, str] = {
         "vfio_pci_core_pm_entry_with_wakeup() (drivers/vfio/pci/vfio_pci_core.c, 7.2) checks argsz against"
         " sizeof(struct vfio_device_low_power_entry_with_wakeup) = 8 (wakeup_eventfd + reserved): a 4-byte payload"
         " is EINVAL from vfio_check_feature(); the model's minsz is 4, so it reads the fd and answers EBADF"),
+    "export-during-unbind": (
+        "vfio_device_try_get_registration() (drivers/vfio/vfio_main.c, 7.2) is refcount_inc_not_zero(&device->"
+        "refcount), and the open device fd holds a registration reference until vfio_device_fops_release(): while"
+        " an unbind sleeps in vfio_unregister_group_dev(), vfio_pci_core_feature_dma_buf() still exports (the"
+        " kernel returns a 4096-byte dma-buf); the model's vfio_unbind() clears VfioDevice.registered at once and"
+        " answers ENODEV"),
 }
 
 # Steps whose outcome the model does not represent (the dma-buf file's own mmap and sync-file ioctls): checked
 # against the kernel source only.
 KERNEL_ONLY = ("mmap", "sync", "close")
-BACKGROUND = ("bgcmd", "bgreset", "bgfeat")
+BACKGROUND = ("bgcmd", "bgreset", "bgfeat", "bgunbind", "bgclose")
 
 
 # ---------------------------------------------------------------------------------------------- the boot
@@ -423,6 +444,17 @@ class Compared:
 _COMPARED: dict[str, list[Compared]] = {}
 
 
+def _feature_problems(name: str, got: V.FeatureAnswer, done: tuple[int, int, int, int, int]) -> list[str]:
+    """A feature call's model answer against the kernel's completion line (rc, errno, F_GETFL, cloexec, size)."""
+    bad = []
+    if got.errno != done[1]:
+        bad.append(f"{name}: errno kernel {errno.errorcode.get(done[1], done[1])}, model"
+                   f" {errno.errorcode.get(got.errno, got.errno)}")
+    elif done[1] == 0 and (got.size, got.file_flags) != (done[4], done[2]):
+        bad.append(f"{name}: size/F_GETFL kernel {done[4]}/{done[2]:#o}, model {got.size}/{got.file_flags}")
+    return bad
+
+
 def compare_all(run: GuestRun) -> list[Compared]:
     """Every case through the model in the guest's order, next to the kernel's answer."""
     if "all" in _COMPARED:
@@ -492,11 +524,18 @@ def compare_all(run: GuestRun) -> list[Compared]:
                 mblocked = not V.vfio_set_memory(system, run.bdf, bool(c.value & V.PCI_COMMAND_MEMORY))
             elif c.op == "bgreset":
                 mblocked = not V.vfio_reset(system, run.bdf)
+            elif c.op == "bgunbind":
+                mblocked = not V.vfio_unbind(system, run.bdf)
+            elif c.op == "bgclose":
+                mblocked = not V.vfio_close(system, run.bdf)
             else:
                 model = V.uapi_feature(system, run.bdf, c.data)
                 mblocked, ticket = model.blocked, model.ticket
-                if not model.blocked and model.errno == 0 and model.size is not None:
-                    B.dma_buf_put(system, model.result)
+                done = run.lines.get(c.name + ".done")
+                if not model.blocked and done is not None:  # returned at once: compared here
+                    bad += _feature_problems(c.name, model, done)
+                    if model.errno == 0 and model.size is not None:
+                        B.dma_buf_put(system, model.result)  # the child's fd closed when it exited
             if mblocked != (rc == 1):
                 bad.append(f"blocking: kernel {'sleeps' if rc == 1 else 'returned'}, model"
                            f" {'sleeps' if mblocked else 'returned'}")
@@ -511,17 +550,17 @@ def compare_all(run: GuestRun) -> list[Compared]:
                     bad.append(f"{bg.name}: the guest wrote no completion")
                     continue
                 if bg.op == "bgfeat":
-                    got = V.uapi_result(system, run.bdf, ticket) if ticket is not None else None
-                    if ticket is not None and got is None:
+                    if ticket is None:
+                        continue  # returned at once, compared at its own step
+                    got = V.uapi_result(system, run.bdf, ticket)
+                    if got is None:
                         bad.append(f"{bg.name}: still sleeps in the model after the signal")
-                    elif got is not None:
-                        if got.errno != done[1]:
-                            bad.append(f"{bg.name}: errno kernel {done[1]}, model {got.errno}")
-                        if done[1] == 0 and (got.size, got.file_flags) != (done[4], done[2]):
-                            bad.append(f"{bg.name}: size/F_GETFL kernel {done[4]}/{done[2]:#o}, model"
-                                       f" {got.size}/{got.file_flags}")
+                    else:
+                        bad += _feature_problems(bg.name, got, done)
                         if got.errno == 0 and got.size is not None:
                             B.dma_buf_put(system, got.result)  # the child's fd closed when it exited
+                elif bg.op == "bgunbind" and (V.unbind_waits(system, run.bdf) or run.bdf in system.bindings):
+                    bad.append(f"{bg.name}: the model's unbind still waits after the signal")
                 elif not V.revoke_done(system, run.bdf):
                     bad.append(f"{bg.name}: still sleeps in the model after the signal")
                 elif done[:2] != (0, 0):

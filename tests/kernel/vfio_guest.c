@@ -17,6 +17,9 @@
  *   bgcmd NAME VALUE    the command register write in a child process; RC is 1 when the child is still inside
  *   bgreset NAME        the write after WAIT_MS ms (it sleeps in the kernel), 0 when it returned
  *   bgfeat NAME HEX     (likewise VFIO_DEVICE_RESET, VFIO_DEVICE_FEATURE)
+ *   bgunbind NAME       write BDF to vfio-pci's sysfs unbind in a child (which first closes its copy of the device)
+ *   bgclose NAME        close the device for good: the parent closes its fd, then a child closes the last one, so
+ *                       the release (vfio_pci_core_close_device()) runs in the child; later steps have no device
  *   signal NAME         DRM_IOCTL_VGEM_FENCE_SIGNAL of the last fence, then wait for every child: each writes
  *                       its own line NAME.done RC ERRNO GETFL CLOEXEC SIZE when its call returns
  * Result line: NAME RC ERRNO GETFL CLOEXEC SIZE  (RC is 0 or -1 for fd-returning calls: the fd number is not
@@ -120,15 +123,30 @@ static int open_device(const char *bdf) {
 
 /* Run one call in a child: the child writes NAME.done when it returns; the parent reports whether it is still
  * inside the kernel after WAIT_MS. */
+static const char *bdf_name;
+
 static void background(const char *name, const char *op, unsigned char *arg, uint16_t value) {
   char done[160];
   snprintf(done, sizeof done, "%s.done", name);
   fflush(out);
+  int go[2];
+  if (pipe(go)) die("pipe");
   pid_t pid = fork();
   if (pid < 0) die("fork");
   if (pid == 0) {
+    char c;
+    close(go[1]);
+    if (read(go[0], &c, 1) != 1) _exit(3);
     errno = 0;
-    if (!strcmp(op, "bgcmd")) {
+    if (!strcmp(op, "bgunbind")) {
+      close(dev);
+      int u = open("/sys/bus/pci/drivers/vfio-pci/unbind", O_WRONLY);
+      ssize_t w = u < 0 ? -1 : write(u, bdf_name, strlen(bdf_name));
+      result(done, w == (ssize_t)strlen(bdf_name) ? 0 : -1, errno, -1);
+    } else if (!strcmp(op, "bgclose")) {
+      int rc = close(dev);
+      result(done, rc, errno, -1);
+    } else if (!strcmp(op, "bgcmd")) {
       ssize_t w = pwrite(dev, &value, 2, cfg_off + 4);
       result(done, w == 2 ? 0 : -1, errno, -1);
     } else if (!strcmp(op, "bgreset")) {
@@ -142,6 +160,13 @@ static void background(const char *name, const char *op, unsigned char *arg, uin
     fflush(out);
     _exit(0);
   }
+  close(go[0]);
+  if (!strcmp(op, "bgclose")) {
+    close(dev);
+    dev = -1;
+  }
+  if (write(go[1], "g", 1) != 1) die("pipe write");
+  close(go[1]);
   children++;
   struct timespec ts = {WAIT_MS / 1000, (WAIT_MS % 1000) * 1000000L};
   nanosleep(&ts, NULL);
@@ -191,6 +216,7 @@ int main(int argc, char **argv) {
   if (!out) die("open out");
   FILE *in = fopen(argv[2], "r");
   if (!in) die("open cases");
+  bdf_name = argv[1];
   dev = open_device(argv[1]);
   static char line[1 << 22];
   static unsigned char bytes[1 << 21];
@@ -248,6 +274,8 @@ int main(int argc, char **argv) {
       fence(name);
     } else if (!strcmp(op, "signal")) {
       signal_fence(name);
+    } else if (!strcmp(op, "bgunbind") || !strcmp(op, "bgclose")) {
+      background(name, op, NULL, 0);
     } else if (!strcmp(op, "bgcmd") || !strcmp(op, "bgreset")) {
       background(name, op, NULL, (uint16_t)strtoul(sscanf(rest, "%63s", arg) == 1 ? arg : "0", NULL, 0));
     } else if (!strcmp(op, "bgfeat")) {
