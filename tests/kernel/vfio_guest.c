@@ -7,6 +7,8 @@
  *                       read past them faults: EFAULT as the model's short buffer); a new fd is closed again
  *   keep NAME HEX       the same, the new dma-buf fd kept as "the buffer" for the steps below
  *   cmd NAME VALUE      write the 16-bit PCI command register through the config region (pwrite)
+ *   capw NAME ID OFF V  write the 16-bit V at OFF in the standard capability ID (found by walking the list
+ *                       through the config region); bgcapw does it in a child as below
  *   reset NAME          VFIO_DEVICE_RESET
  *   mmap NAME           mmap() the kept dma-buf (one page, shared, read)
  *   sync NAME           DMA_BUF_IOCTL_EXPORT_SYNC_FILE (read) on the kept dma-buf
@@ -125,7 +127,28 @@ static int open_device(const char *bdf) {
  * inside the kernel after WAIT_MS. */
 static const char *bdf_name;
 
-static void background(const char *name, const char *op, unsigned char *arg, uint16_t value) {
+/* The config-space offset of standard capability `id`, or -1. */
+static int find_cap(unsigned id) {
+  uint8_t pos = 0, hdr[2];
+  if (pread(dev, &pos, 1, cfg_off + 0x34) != 1) return -1;
+  for (int n = 0; pos >= 0x40 && n < 48; n++) {
+    if (pread(dev, hdr, 2, cfg_off + pos) != 2) return -1;
+    if (hdr[0] == id) return pos;
+    pos = hdr[1] & 0xfc;
+  }
+  return -1;
+}
+
+static ssize_t capw(const char *rest) {
+  unsigned id, off, val;
+  if (sscanf(rest, "%i %i %i", &id, &off, &val) != 3) { errno = EINVAL; return -1; }
+  int pos = find_cap(id);
+  if (pos < 0) { errno = ENOENT; return -1; }
+  uint16_t v = (uint16_t)val;
+  return pwrite(dev, &v, 2, cfg_off + pos + off) == 2 ? 0 : -1;
+}
+
+static void background(const char *name, const char *op, unsigned char *arg, uint16_t value, const char *rest) {
   char done[160];
   snprintf(done, sizeof done, "%s.done", name);
   fflush(out);
@@ -146,6 +169,9 @@ static void background(const char *name, const char *op, unsigned char *arg, uin
     } else if (!strcmp(op, "bgclose")) {
       int rc = close(dev);
       result(done, rc, errno, -1);
+    } else if (!strcmp(op, "bgcapw")) {
+      ssize_t w = capw(rest);
+      result(done, (int)w, errno, -1);
     } else if (!strcmp(op, "bgcmd")) {
       ssize_t w = pwrite(dev, &value, 2, cfg_off + 4);
       result(done, w == 2 ? 0 : -1, errno, -1);
@@ -275,12 +301,18 @@ int main(int argc, char **argv) {
     } else if (!strcmp(op, "signal")) {
       signal_fence(name);
     } else if (!strcmp(op, "bgunbind") || !strcmp(op, "bgclose")) {
-      background(name, op, NULL, 0);
+      background(name, op, NULL, 0, rest);
     } else if (!strcmp(op, "bgcmd") || !strcmp(op, "bgreset")) {
-      background(name, op, NULL, (uint16_t)strtoul(sscanf(rest, "%63s", arg) == 1 ? arg : "0", NULL, 0));
+      background(name, op, NULL, (uint16_t)strtoul(sscanf(rest, "%63s", arg) == 1 ? arg : "0", NULL, 0), rest);
+    } else if (!strcmp(op, "bgcapw")) {
+      background(name, op, NULL, 0, rest);
+    } else if (!strcmp(op, "capw")) {
+      errno = 0;
+      ssize_t w = capw(rest);
+      result(name, (int)w, errno, -1);
     } else if (!strcmp(op, "bgfeat")) {
       size_t n = unhex(rest, bytes, sizeof bytes);
-      background(name, op, guarded(bytes, n), 0);
+      background(name, op, guarded(bytes, n), 0, rest);
     } else {
       fprintf(out, "%s -1 %d -1 -1 -1 unknown-op\n", name, EINVAL);
     }
