@@ -358,18 +358,8 @@ NVME_CASES: tuple[Case, ...] = (
 )
 
 # Cases where the model is known to differ from 7.2 (strict xfail: name -> the kernel function and the difference).
-MODEL_DIFFERS: dict[str, str] = {
-    "feat-4-pm-wakeup-argsz-12-fd-900": (
-        "vfio_pci_core_pm_entry_with_wakeup() (drivers/vfio/pci/vfio_pci_core.c, 7.2) checks argsz against"
-        " sizeof(struct vfio_device_low_power_entry_with_wakeup) = 8 (wakeup_eventfd + reserved): a 4-byte payload"
-        " is EINVAL from vfio_check_feature(); the model's minsz is 4, so it reads the fd and answers EBADF"),
-    "export-during-unbind": (
-        "vfio_device_try_get_registration() (drivers/vfio/vfio_main.c, 7.2) is refcount_inc_not_zero(&device->"
-        "refcount), and the open device fd holds a registration reference until vfio_device_fops_release(): while"
-        " an unbind sleeps in vfio_unregister_group_dev(), vfio_pci_core_feature_dma_buf() still exports (the"
-        " kernel returns a 4096-byte dma-buf); the model's vfio_unbind() clears VfioDevice.registered at once and"
-        " answers ENODEV"),
-}
+MODEL_DIFFERS: dict[str, str] = {}  # none: the two found here (the wakeup entry's 8-byte minsz, exports while an
+# unbind waits for the close) were fixed in src/p2pdma/model/vfio.py
 
 # Steps whose outcome the model does not represent (the dma-buf file's own mmap and sync-file ioctls): checked
 # against the kernel source only.

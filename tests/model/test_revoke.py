@@ -249,15 +249,17 @@ def test_unplug_of_the_exporter_revokes_and_waits_before_the_provider_goes() -> 
     assert V.vfio_unplug(s, GPU) is False  # waits for the user to close the device
     assert notified(s) == 0 and s.present(GPU) and V.unbind_waits(s, GPU)
     assert V._st(s).devices[GPU].unbind_requested == 1
-    with pytest.raises(KernelError) as ei:  # no new exports while unregistering
-        V.vfio_device_feature(s, GPU, V.dma_buf_request(1, [(0, 4096)]))
-    assert ei.value.errno == errno.ENODEV
+    # the open fd still holds a registration reference (vfio_device_try_get_registration() is
+    # refcount_inc_not_zero()): exports go on while the unbind sleeps, as the running 7.2 kernel shows
+    late = V.vfio_device_feature(s, GPU, V.dma_buf_request(1, [(0, 4096)]))
+    assert V.buffer_status(s, late) == V.DmaBufStatus.OK
     assert V.vfio_close(s, GPU) is False  # the user closes: cleanup revokes, waits for the DMA
     assert notified(s) == 1 and s.present(GPU)
     assert (GPU, 1) not in s.ext.get("released_bars", set())
     assert I.finish_dma(s, op) == DATA  # the last fence and unmap: close completes, the driver unbinds
     assert not s.present(GPU) and (GPU, 1) in s.ext["released_bars"]
     assert V.buffer_status(s, buf) == V.DmaBufStatus.PERM_REVOKED
+    assert V.buffer_status(s, late) == V.DmaBufStatus.PERM_REVOKED  # the late export went with the close
     assert refused(s, imps[0]) == errno.ENODEV
     assert s.violations == []
 

@@ -97,7 +97,10 @@ CASES: list[tuple[str, bytes, int]] = [
     # vfio_pci_core.c:vfio_pci_core_pm_entry_with_wakeup(): argsz < 4, then a negative eventfd
     ("LOW_POWER_ENTRY_WITH_WAKEUP short", hdr(8, SET | 4), errno.EINVAL),
     ("LOW_POWER_ENTRY_WITH_WAKEUP fd -1", hdr(12, SET | 4) + struct.pack("<i", -1), errno.EINVAL),
-    ("LOW_POWER_ENTRY_WITH_WAKEUP not an eventfd", hdr(12, SET | 4) + struct.pack("<i", 7), errno.EBADF),
+    # struct vfio_device_low_power_entry_with_wakeup is 8 bytes (wakeup_eventfd + reserved): the minsz
+    # of vfio_pci_core_pm_entry_with_wakeup() (7.2), as the running kernel answers
+    ("LOW_POWER_ENTRY_WITH_WAKEUP 4-byte payload", hdr(12, SET | 4) + struct.pack("<i", 7), errno.EINVAL),
+    ("LOW_POWER_ENTRY_WITH_WAKEUP not an eventfd", hdr(16, SET | 4) + struct.pack("<iI", 7, 0), errno.EBADF),
     # vfio_pci_core.c:vfio_pci_core_feature_token(): no vf_token (not an SR-IOV PF) -> ENOTTY
     ("PCI_VF_TOKEN (0)", hdr(24, SET | 0) + bytes(16), errno.ENOTTY),
     # vfio_pci_core.c:vfio_pci_core_ioctl_feature() default: BUS_MASTER (10) and unknown -> ENOTTY

@@ -279,8 +279,9 @@ def vfio_device_feature(system: System, bdf: str, arg: bytes) -> int:
             return 0
         return _start(system, v, "pm-entry")
     if feature == VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP:
-        # vfio_pci_core_pm_entry_with_wakeup(): SET with an s32 eventfd; the model has no eventfds
-        if _checked(vfio_check_feature(flags, dsz, VFIO_DEVICE_FEATURE_SET, 4), "LOW_POWER_ENTRY_WITH_WAKEUP") == 0:
+        # vfio_pci_core_pm_entry_with_wakeup(): SET with struct vfio_device_low_power_entry_with_wakeup
+        # (s32 wakeup_eventfd + u32 reserved: 8 bytes, the minsz vfio_check_feature() gets); no eventfds here
+        if _checked(vfio_check_feature(flags, dsz, VFIO_DEVICE_FEATURE_SET, 8), "LOW_POWER_ENTRY_WITH_WAKEUP") == 0:
             return 0
         if len(data) < 4:
             raise KernelError("wakeup entry not readable", errno.EFAULT)
@@ -772,7 +773,8 @@ def vfio_unbind(system: System, bdf: str) -> bool:
     True when the unbind completed."""
     v = _st(system).devices.get(bdf)
     if v is not None and v.is_open:
-        v.registered = False  # vfio_device_put_registration(): no new exports
+        # the open fd still holds a registration reference: vfio_device_try_get_registration() succeeds
+        # and exports go on until the user closes (the count drops to zero only then)
         v.unbind_after_close = True
         v.unbind_requested += 1
         system.log(f"vfio {bdf}: unbind waits for the user to close (request notifier)")
