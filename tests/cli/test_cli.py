@@ -26,7 +26,7 @@ def test_matrix_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     doc = json.loads(out)
     # auto on an example: the newest mainline profile
-    assert doc["schema"] == "p2pdma.matrix/1" and doc["kernel"] == "7.2"
+    assert doc["schema"] == "p2pdma.matrix/1" and doc["kernel"] == "7.3"
     devs = doc["devices"]
     assert devs and all({"bdf", "vendor", "device", "class", "kind"} <= set(d) for d in devs)
     assert all(d["kind"] == "endpoint" for d in devs)
@@ -47,7 +47,7 @@ def test_matrix_json_contract(capsys: pytest.CaptureFixture[str]) -> None:
 def test_matrix_all_adds_bridges(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run(capsys, "matrix", "--example", "gpu8-switches", "--json", "--all", "--kernel", "classic")
     doc = json.loads(out)
-    assert doc["kernel"] == "7.2"  # classic is an alias of the newest mainline profile
+    assert doc["kernel"] == "7.3"  # classic is an alias of the newest mainline profile
     assert any(d["kind"] == "bridge" for d in doc["devices"])
 
 

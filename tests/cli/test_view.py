@@ -36,7 +36,7 @@ def test_default_view_is_the_devices_people_peer(capsys: pytest.CaptureFixture[s
     assert code == 0
     lines = out.splitlines()
     assert lines[0].endswith("functions: 13 of 15")
-    assert lines[1].startswith("kernel 7.2: ")
+    assert lines[1].startswith("kernel 7.3: ")
     assert lines[2] == "2 functions hidden: 2 uncore; --all-functions shows them"
     assert "0000:00:00.0" not in out and "00:00.0" not in out  # the host bridges' memory-map RCiEPs
     assert re.search(r"^  GPU0 +03:00\.0 +0 ", out, re.M) and re.search(r"^NVME0 ", out, re.M)

@@ -185,7 +185,7 @@ def test_out_jsonl_one_line_per_machine(fleet40: Path, tmp_path: Path, capsys: p
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 42
     assert [x["name"] for x in lines] == sorted(x["name"] for x in lines) == [m["name"] for m in doc["machines"]]
-    assert {x["schema"] for x in lines} == {MACHINE_SCHEMA} and {x["kernel"] for x in lines} == {"7.2"}
+    assert {x["schema"] for x in lines} == {MACHINE_SCHEMA} and {x["kernel"] for x in lines} == {"7.3"}
     for line, m in zip(lines, doc["machines"], strict=True):
         assert line["source"] == m["source"] and line["counts"] == m["counts"]
         assert line["causes"] == m["distinct_causes"]

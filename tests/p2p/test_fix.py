@@ -217,7 +217,7 @@ def test_cli_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "fix", "--example", "acs-redirect", "03:00.0", "04:00.0", "08:00.0", "--json")
     assert code == 0
     doc = json.loads(out)
-    assert doc["schema"] == "p2pdma.fix/1" and doc["kernel"] in ("latest", "7.2")
+    assert doc["schema"] == "p2pdma.fix/1" and doc["kernel"] in ("latest", "7.3")
     assert doc["devices"] == ["0000:03:00.0", "0000:04:00.0", "0000:08:00.0"]
     assert doc["summary"]["pairs"] == 6 and doc["verified"] is True
     assert [c["bdf"] for c in doc["changes"]] == ["0000:02:00.0", "0000:02:01.0"]

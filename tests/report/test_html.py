@@ -155,12 +155,12 @@ def test_report_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     summary = json.loads(capsys.readouterr().out)
     assert summary["schema"] == "p2pdma.report/1" and summary["bytes"] == out.stat().st_size
     # classic: alias of the newest profile; the matrix holds the devices people peer (the tree every function)
-    assert summary["kernel"] == "7.2" and summary["endpoints"] == 6
+    assert summary["kernel"] == "7.3" and summary["endpoints"] == 6
     assert summary["selection"]["summary"] == "1 function hidden: 1 bridge; --all-functions shows it"
     assert summary["counts"]["pairs"] == 30 and summary["tool_version"]
     assert main(["report", str(out), "--example", "acs-redirect", "--all-functions", "--force", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["endpoints"] == 7
-    assert embedded(out.read_text())["kernel"] == "7.2"
+    assert embedded(out.read_text())["kernel"] == "7.3"
     assert main(["report", str(out), "--example", "gpu8-switches"]) == 2  # exists: refused without --force
     capsys.readouterr()
     assert main(["report", str(out), "--example", "gpu8-switches", "--force"]) == 0

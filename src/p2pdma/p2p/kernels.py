@@ -167,7 +167,7 @@ PROFILES: dict[str, KernelProfile] = {
         "PCI tree (kernelorg-mirror/linux_kernel_git_pci_pci) at cd2698d76c31, drivers/pci/p2pdma.c",
     ),
 }
-NEWEST_MAINLINE = "7.2"
+NEWEST_MAINLINE = "7.3"
 ALIASES = ("classic", "latest")
 AUTO = "auto"
 NEWEST_READ = "7.3"

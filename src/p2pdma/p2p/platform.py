@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from p2pdma.p2p.kernels import (  # noqa: F401  (re-exported)
+    NEWEST_MAINLINE,
     PCI_ANY_ID,
     PCI_VENDOR_ID_GOOGLE,
     PCI_VENDOR_ID_INTEL,
@@ -16,7 +17,7 @@ from p2pdma.p2p.kernels import (  # noqa: F401  (re-exported)
 from p2pdma.pci.topology import Device, HmatPath, HostBridge, Topology
 
 # The newest mainline tree's table (callers that name no profile).
-WHITELIST: tuple[WhitelistEntry, ...] = PROFILES["7.2"].whitelist
+WHITELIST: tuple[WhitelistEntry, ...] = PROFILES[NEWEST_MAINLINE].whitelist
 Table = tuple[WhitelistEntry, ...]
 
 
