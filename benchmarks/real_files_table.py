@@ -23,7 +23,8 @@ KINDS = {"lspci": "lspci", "nccl": "nccl_xml", "hwloc": "hwloc"}
 
 def files(data: Path) -> list[tuple[str, Path]]:
     out = [(KINDS[sub], p) for sub in KINDS for p in sorted((data / "real" / sub).glob("*")) if p.is_file()]
-    return out + [("hwloc", p) for p in sorted((data / "hwloc").glob("*.xml"))]
+    out += [("hwloc", p) for p in sorted((data / "hwloc").glob("*.xml"))]
+    return out + [("root", p) for p in sorted((data / "hwloc").glob("*.tar.*"))]  # hwloc-gathered sysfs trees
 
 
 def lacking(topo: Topology) -> list[str]:
