@@ -195,3 +195,32 @@ def test_views_past_max_functions_are_refused_with_the_limit_named(argv: list[st
     with pytest.raises(SystemExit) as exc:  # argparse's usage error
         main([*argv, "--example", "gpu8-switches", "--max-functions", "0"])
     assert exc.value.code == 2 and "at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["matrix"], ["topo", "--json"], ["report", "-"]])
+def test_stdout_on_a_full_disk_is_one_line(argv: list[str], tmp_path: Path) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "p2pdma", *argv, "--example", "gpu8-switches"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, cwd=tmp_path)
+    one_line_exit_2(done.returncode, done.stderr.strip())
+    assert "No space left on device" in done.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_a_refusal_is_the_only_line_notes_and_warnings_wait(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from p2pdma import examples
+
+    m = examples.load_spec("gpu8-switches")
+    root = tmp_path / "root"  # osrelease 7.2.13+deb14-amd64: a note about distribution backports
+    write_root(root, m.raws, cpu=m.cpu, kernel_release="7.2.13+deb14-amd64")
+    assert main(["matrix", "--root", str(root), "--all-functions"]) == 0
+    captured = capsys.readouterr()
+    assert "note: osrelease 7.2.13+deb14-amd64" in captured.err  # shown when the command succeeds
+    code, err = run(["matrix", "--root", str(root), "--all-functions", "--max-functions", "1"], capsys)
+    one_line_exit_2(code, err)
+    assert "--max-functions 1" in err and "note:" not in err

@@ -41,14 +41,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:  # no command: the usage and the commands
         sys.stdout.write(parser.format_help())
         return 0
+    from p2pdma.cli.common import flush_deferred
+
+    flush_deferred(show=False)  # nothing queued by an earlier in-process use is this run's
     try:
         code: int = args.handler(args)
-        return code
+        sys.stdout.flush()  # a full disk or a closed pipe shows here, not in the interpreter's exit
     except P2pdmaError as exc:
+        flush_deferred(show=False)
         print(f"p2pdma: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
+        _stdout_gone()
+        flush_deferred(show=False)
         return 0
+    except OSError as exc:  # stdout on a full disk (ENOSPC), a dead terminal (EIO): one line
+        _stdout_gone()
+        flush_deferred(show=False)
+        print(f"p2pdma: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    flush_deferred()
+    return code
+
+
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null so that the interpreter's own flush at exit does not fail again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - stdout without a file descriptor
+        pass
 
 
 def matrix_document(topo: Any, profile: str, include_bridges: bool = False) -> dict[str, Any]:

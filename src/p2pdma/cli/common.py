@@ -133,16 +133,36 @@ def resolve_kernel_arg(args: argparse.Namespace, topo: Topology | None, live: bo
         source = f"--kernel {name}" + (f" ({source})" if source and source != "option" else "")
     args.kernel, args.kernel_source, args.kernel_notes = profile, source, notes
     for n in notes:
-        print(f"p2pdma: note: {n}", file=sys.stderr)
+        defer(f"p2pdma: note: {n}")
+
+
+# Notes and warnings about the input wait here until the command has done its work: printed then (main()),
+# or dropped when it fails, so that a refusal is the one line on stderr.
+DEFERRED: list[str] = []
+
+
+def defer(line: str) -> None:
+    """Queue one stderr line (a note or warning about the input) for the end of the command."""
+    DEFERRED.append(line)
+
+
+def flush_deferred(show: bool = True) -> None:
+    """Print (or, after a refusal, drop) the queued stderr lines."""
+    lines = DEFERRED[:]
+    DEFERRED.clear()
+    if show:
+        for line in lines:
+            print(line, file=sys.stderr)
 
 
 def warn(topo: Topology) -> None:
-    """The machine's warnings on stderr, at most MAX_WARNINGS lines and a count of the rest."""
+    """The machine's warnings on stderr (at the end of the command), at most MAX_WARNINGS lines and
+    a count of the rest."""
     term = terminal(sys.stderr)
     for w in topo.warnings[:MAX_WARNINGS]:
-        print(term.wrap(f"p2pdma: warning: {w}"), file=sys.stderr)
+        defer(term.wrap(f"p2pdma: warning: {w}"))
     if len(topo.warnings) > MAX_WARNINGS:
-        print(f"p2pdma: warning: ... and {len(topo.warnings) - MAX_WARNINGS} more", file=sys.stderr)
+        defer(f"p2pdma: warning: ... and {len(topo.warnings) - MAX_WARNINGS} more")
 
 
 def device_json(d: Device) -> dict[str, Any]:
