@@ -253,3 +253,19 @@ def test_every_document_says_which_kernel_profile_ran_and_why(capsys: pytest.Cap
     assert d["kernel"] == "6.1" and "6.1.0-50-amd64" in d["kernel_source"]
     assert main(["matrix", "--root", str(tmp_path / "root")]) == 0
     assert "kernel 6.1: " in capsys.readouterr().out.splitlines()[1]
+
+
+def test_matrix_2_is_streamed_with_the_same_bytes() -> None:
+    """write_matrix_document_v2() (what `matrix --json` runs) writes json.dumps(matrix_document_v2())
+    byte for byte, on every example, with every function in view too."""
+    from p2pdma import examples
+    from p2pdma.p2p.matrix import compute_matrix
+    from p2pdma.report.documents import matrix_document_v2, write_matrix_document_v2
+
+    for name in names():
+        topo = examples.load(name)
+        for include in (False, True):
+            m = compute_matrix(topo, "7.3", include_bridges=include)
+            buf = io.StringIO()
+            write_matrix_document_v2(m, buf)
+            assert buf.getvalue() == json.dumps(matrix_document_v2(m)) + "\n", (name, include)

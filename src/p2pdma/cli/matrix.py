@@ -167,9 +167,9 @@ def run(args: argparse.Namespace) -> int:
     sel = select(args, topo, include_bridges=args.all)
     mat = compute_matrix(topo, args.kernel, select=sel.bdfs, progress=matrix_progress())
     if args.json:
-        from p2pdma.report.documents import matrix_document_v2
+        from p2pdma.report.documents import write_matrix_document_v2
 
-        print(json.dumps(with_kernel_source(matrix_document_v2(mat, sel), args)))
+        write_matrix_document_v2(mat, sys.stdout, sel, extra=lambda doc: with_kernel_source(doc, args))
     elif args.csv:
         from p2pdma.report.documents import pairs_csv
 

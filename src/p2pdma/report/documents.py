@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import json
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -155,6 +156,57 @@ def matrix_document_v2(mat: Matrix, selection: Selection | None = None) -> dict[
         "warnings": list(topo.warnings),
     })
     return doc
+
+
+def write_matrix_document_v2(mat: Matrix, out: TextIO, selection: Selection | None = None,
+                             extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Stream ``p2pdma.matrix/2`` to ``out``: the bytes of ``json.dumps(matrix_document_v2(...))`` (with
+    ``extra`` applied to the document's head), but one pass over the verdicts keeps only a reason
+    index per pair (4 bytes) and the distinct reasons, and the pairs are written as they are made."""
+    topo = mat.topo
+    alias_map = names.aliases(topo)
+    n = len(mat.bdfs)
+    reasons: list[dict[str, Any]] = []
+    index: dict[tuple[Any, ...], int] = {}
+    ridx = np.zeros((n, n), dtype=np.int32)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            v = mat.verdict(i, j)
+            key = _reason_key(v)
+            k = index.get(key)
+            if k is None:
+                k = index[key] = len(reasons)
+                reasons.append({"reason": v.reason, "fix": v.fix, "acs_ports": list(v.acs_ports),
+                                "unknown_ports": list(v.unknown_ports), "unknown": list(v.unknown),
+                                "hints": list(v.hints)})
+            ridx[i, j] = k
+    doc = head(MATRIX2_SCHEMA, topo, mat.profile)
+    doc.update({
+        "devices": [device_doc(topo[b], alias_map) for b in mat.bdfs],
+        "selection": selection_json(topo, selection),
+        "counts": pair_counts(mat),
+        "reasons": reasons,
+    })
+    if extra is not None:
+        doc = extra(doc)
+    out.write(json.dumps(doc)[:-1] + ', "pairs": [')
+    type_name = {int(x.value): x.name for x in MapType}
+    first = True
+    for i in range(n):
+        row = []
+        for j in range(n):
+            if i == j:
+                continue
+            row.append(json.dumps({"provider": mat.bdfs[i], "client": mat.bdfs[j],
+                                   "map_type": type_name[int(mat.map_type[i, j])],
+                                   "distance": int(mat.distance[i, j]), "certain": bool(mat.certain[i, j]),
+                                   "reason": int(ridx[i, j])}))
+        if row:
+            out.write(("" if first else ", ") + ", ".join(row))
+            first = False
+    out.write('], "warnings": ' + json.dumps(list(topo.warnings)) + "}\n")
 
 
 def pairs_csv(mat: Matrix) -> str:
