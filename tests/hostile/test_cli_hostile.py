@@ -224,3 +224,18 @@ def test_a_refusal_is_the_only_line_notes_and_warnings_wait(tmp_path: Path,
     code, err = run(["matrix", "--root", str(root), "--all-functions", "--max-functions", "1"], capsys)
     one_line_exit_2(code, err)
     assert "--max-functions 1" in err and "note:" not in err
+
+
+@pytest.mark.parametrize("rel", ["config", "vendor", "resource", "numa_node", "/proc/cpuinfo",
+                                 "/proc/sys/kernel/osrelease"])
+def test_a_fifo_in_a_sysfs_root_is_refused_in_one_line(rel: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    root = _sysfs_root(tmp_path)
+    dev = next(p for p in (root / "sys/devices").rglob("0000:00:01.0") if p.is_dir())
+    target = root / rel[1:] if rel.startswith("/") else dev / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    os.mkfifo(target)
+    code, err = run(["topo", "--root", str(root)], capsys)  # the guard fails the test if it blocks
+    one_line_exit_2(code, err)
+    assert "not a regular file" in err

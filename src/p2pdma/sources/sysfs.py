@@ -58,7 +58,8 @@ def resolve_in_root(root: Path, rel: str) -> PurePosixPath:
 
 
 class SysfsReader:
-    """Reads one root through its view; collects warnings instead of raising for per-file trouble."""
+    """Reads one root through its view; collects warnings for per-file trouble (absent, unreadable), and
+    refuses a root where a file is a FIFO, device or socket."""
 
     def __init__(self, fs: FsView) -> None:
         self.fs = fs
@@ -73,7 +74,10 @@ class SysfsReader:
             if required:
                 self.warnings.append(f"{rel}: missing")
         except NotRegular:
-            self.warnings.append(f"{rel}: not a regular file, not read")
+            # a FIFO, device or socket where the kernel's sysfs/procfs has a regular file: not a real
+            # root (reading it could block or never end), so the whole input is refused in one line
+            raise SourceError(f"{rel}: not a regular file where sysfs has one (a FIFO, device or socket): "
+                              "refused") from None
         except OSError as exc:
             self.warnings.append(f"{rel}: unreadable ({exc.strerror or exc})")
         return None
