@@ -239,3 +239,20 @@ def test_a_fifo_in_a_sysfs_root_is_refused_in_one_line(rel: str, tmp_path: Path,
     code, err = run(["topo", "--root", str(root)], capsys)  # the guard fails the test if it blocks
     one_line_exit_2(code, err)
     assert "not a regular file" in err
+
+
+@pytest.mark.parametrize("depth", [200, 100_000])
+def test_a_deeply_nested_capture_manifest_is_named_so(depth: int, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "deep.tar"
+    with tarfile.open(path, "w") as tf:
+        blob = ("[" * depth + "]" * depth).encode()
+        ti = tarfile.TarInfo("p2pdma-capture.json")
+        ti.size = len(blob)
+        tf.addfile(ti, io.BytesIO(blob))
+        ti = tarfile.TarInfo("sys/bus/pci/devices")
+        ti.type = tarfile.DIRTYPE
+        tf.addfile(ti)
+    code, err = run(["topo", "--root", str(path)], capsys)
+    one_line_exit_2(code, err)
+    assert "nested deeper than 128 levels" in err and "recursion" not in err

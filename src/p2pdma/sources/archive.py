@@ -870,10 +870,17 @@ def _read_manifest(fs: ArchiveFs, prefix: str) -> dict[str, Any] | None:
 
 
 def _manifest(data: bytes) -> dict[str, Any]:
+    from p2pdma.sources.safeload import MAX_DEPTH, depth_of
+
+    deep = f"manifest {MANIFEST} is nested deeper than {MAX_DEPTH} levels"
     try:
         doc = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise ArchiveError(deep) from None
+    except ValueError as exc:
         raise ArchiveError(f"manifest {MANIFEST} is not JSON ({_one_line(exc)})") from None
+    if depth_of(doc, MAX_DEPTH) > MAX_DEPTH:
+        raise ArchiveError(deep)
     if not isinstance(doc, dict) or doc.get("schema") not in CAPTURE_SCHEMAS:
         raise ArchiveError(f"manifest {MANIFEST} is not a {CAPTURE_SCHEMAS[-1]} document")
     return doc
