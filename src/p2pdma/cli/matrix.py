@@ -27,6 +27,7 @@ from p2pdma.errors import InputError
 
 if TYPE_CHECKING:
     from p2pdma.p2p.matrix import Matrix
+    from p2pdma.p2p.small import PairTable, SmallMatrix
     from p2pdma.pci.names import Selection
     from p2pdma.pci.topology import Topology
 
@@ -83,11 +84,12 @@ def write_matrix_json(topo: Topology, profile: str, include_bridges: bool, out: 
     out.write('], "warnings": ' + json.dumps(list(topo.warnings)) + "}\n")
 
 
-def cell_text(mat: Matrix, i: int, j: int) -> str:
+def cell_text(mat: PairTable, i: int, j: int) -> str:
     """The compact cell (report.text.cell(): ``X``, ``B4``, ``H8?``, ``--``)."""
     from p2pdma.report.text import cell
 
-    return cell(int(mat.map_type[i, j]), int(mat.distance[i, j]), bool(mat.certain[i, j]), i == j)
+    mt, dist, sure = mat.cell(i, j)
+    return cell(mt, dist, sure, i == j)
 
 
 def _paint_cell(term: Term, text: str) -> str:
@@ -98,7 +100,7 @@ def _paint_cell(term: Term, text: str) -> str:
     return out + (term.paint("?", "?") if text.endswith("?") else "")
 
 
-def render_table(mat: Matrix, label: dict[str, str], term: Term) -> list[str]:
+def render_table(mat: PairTable, label: dict[str, str], term: Term) -> list[str]:
     """The pair table, split into blocks of columns that fit ``term.table_width``."""
     n = len(mat.bdfs)
     labs = [label.get(b, b) for b in mat.bdfs]
@@ -118,7 +120,9 @@ def render_table(mat: Matrix, label: dict[str, str], term: Term) -> list[str]:
     return lines
 
 
-def render_matrix(mat: Matrix, sel: Selection, term: Term, total: int, kernel_source: str | None = None) -> str:
+def render_matrix(
+    mat: Matrix | SmallMatrix, sel: Selection, term: Term, total: int, kernel_source: str | None = None
+) -> str:
     """The text view: the header (which kernel profile and why, what was left out), the devices with
     names, NUMA and CPUs, the table, the legend and the distinct-pair counts."""
     from p2pdma.pci.names import labels
@@ -162,9 +166,16 @@ def run(args: argparse.Namespace) -> int:
         check_size(args, len(topo.devices) if args.all else len(topo.endpoints))
         write_matrix_json(topo, args.kernel, args.all, sys.stdout)
         return 0
+    sel = select(args, topo, include_bridges=args.all)
+    if not (args.json or args.csv) and len(sel.bdfs) <= MAX_TABLE_COLUMNS:
+        from p2pdma.p2p.small import compute_small  # a table a terminal shows: no numpy to load
+
+        total = len(topo.devices) if args.all else len(topo.endpoints)
+        small = compute_small(topo, args.kernel, select=sel.bdfs)
+        print(render_matrix(small, sel, terminal(), total, getattr(args, "kernel_source", None)))
+        return 0
     from p2pdma.p2p.matrix import compute_matrix
 
-    sel = select(args, topo, include_bridges=args.all)
     mat = compute_matrix(topo, args.kernel, select=sel.bdfs, progress=matrix_progress())
     if args.json:
         from p2pdma.report.documents import write_matrix_document_v2

@@ -40,6 +40,10 @@ class Matrix:
         """The full per-pair verdict (reasons, ports, fix) for row ``i``, column ``j``."""
         return calc_map_type_and_dist(self.topo, self.bdfs[i], self.bdfs[j], self.profile)
 
+    def cell(self, i: int, j: int) -> tuple[int, int, bool]:
+        """(map type value, distance, certain) of row ``i``, column ``j`` (small.PairTable)."""
+        return int(self.map_type[i, j]), int(self.distance[i, j]), bool(self.certain[i, j])
+
     def counts(self) -> dict[str, int]:
         """How many ordered pairs have each map type."""
         return {

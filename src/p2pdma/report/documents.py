@@ -14,10 +14,9 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-import numpy as np
-
 from p2pdma import __version__
 from p2pdma.p2p.decide import MapType
+from p2pdma.p2p.small import SmallMatrix, small_pair_counts, small_uncertain_why
 from p2pdma.pci import names
 
 if TYPE_CHECKING:
@@ -35,9 +34,13 @@ CSV_COLUMNS = (
 )
 
 
-def pair_counts(mat: Matrix) -> dict[str, int]:
+def pair_counts(mat: Matrix | SmallMatrix) -> dict[str, int]:
     """The one pair count of matrix, fix, report and fleet: distinct ordered pairs (provider != client) per
     map type, plus ``pairs`` (their total), ``uncertain`` (of them) and ``self`` (the diagonal, apart)."""
+    if isinstance(mat, SmallMatrix):
+        return small_pair_counts(mat)
+    import numpy as np  # here, not at the top: the small text table never loads numpy
+
     n = len(mat.bdfs)
     off = ~np.eye(n, dtype=bool)
     out = {name: int(((mat.map_type == MapType[name].value) & off).sum()) for name in MAP_TYPE_NAMES}
@@ -47,10 +50,14 @@ def pair_counts(mat: Matrix) -> dict[str, int]:
     return out
 
 
-def uncertain_why(mat: Matrix) -> dict[str, int]:
+def uncertain_why(mat: Matrix | SmallMatrix) -> dict[str, int]:
     """The distinct uncertain pairs by the fact the input lacked: ``acs`` (a port's ACS control below
     the common bridge was unreadable) or ``host_bridge`` (the host bridge device the whitelist reads
     is not in the input); a pair with a common bridge is uncertain only for the first reason."""
+    if isinstance(mat, SmallMatrix):
+        return small_uncertain_why(mat)
+    import numpy as np
+
     n = len(mat.bdfs)
     depth = np.array([len(mat.topo.chain(b)) for b in mat.bdfs], dtype=np.int64)
     below_common = mat.distance < depth[:, None] + depth[None, :]
@@ -163,6 +170,8 @@ def write_matrix_document_v2(mat: Matrix, out: TextIO, selection: Selection | No
     """Stream ``p2pdma.matrix/2`` to ``out``: the bytes of ``json.dumps(matrix_document_v2(...))`` (with
     ``extra`` applied to the document's head), but one pass over the verdicts keeps only a reason
     index per pair (4 bytes) and the distinct reasons, and the pairs are written as they are made."""
+    import numpy as np
+
     topo = mat.topo
     alias_map = names.aliases(topo)
     n = len(mat.bdfs)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from p2pdma.p2p import platform
 from p2pdma.p2p.decide import MapType, Verdict
-from p2pdma.p2p.matrix import Matrix
 from p2pdma.pci import config as cfg
 from p2pdma.pci.topology import Device, Topology
+
+if TYPE_CHECKING:
+    from p2pdma.p2p.matrix import Matrix
 
 MAX_TABLE_COLUMNS = 64
 
