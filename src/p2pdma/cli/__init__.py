@@ -7,16 +7,26 @@ imports its library code inside its handler, so ``p2pdma --help`` loads no model
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 from p2pdma import __version__
-from p2pdma.cli import capture, check, completion, examples, explain, fix, fleet, matrix, report, simulate, topo
 from p2pdma.errors import P2pdmaError
 
-# The commands, in the order --help lists them.
-COMMAND_MODULES = (topo, matrix, explain, examples, report, capture, fleet, simulate, check, fix, completion)
+# The commands (module names in this package), in the order --help lists them.
+COMMANDS = ("topo", "matrix", "explain", "examples", "report", "capture", "fleet", "simulate", "check", "fix",
+            "completion")
+
+
+ALSO_IN = {"man": "completion"}  # commands registered by another command's module
+
+
+def command_module(name: str) -> ModuleType:
+    """The module of command ``name`` (imported on first use: a run loads only its own command)."""
+    return importlib.import_module(f"p2pdma.cli.{ALSO_IN.get(name, name)}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,20 +34,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"p2pdma: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (also used by the README and tests)."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (also used by the README and tests); ``only``: register that command alone,
+    which parses its own arguments exactly as the full parser does, without importing the others."""
     p = _Parser(prog="p2pdma", description="Which PCI functions can do peer-to-peer DMA, as the kernel decides.")
     p.add_argument("--version", action="version", version=f"p2pdma {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
-    for mod in COMMAND_MODULES:
-        mod.add_parser(sub)
+    for name in COMMANDS if only is None else (only,):
+        command_module(name).add_parser(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: any P2pdmaError becomes one line on stderr and exit 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    # `p2pdma COMMAND ...`: that command's parser alone; anything else (no command, --help, a typo) the full one
+    parser = build_parser(words[0] if words and (words[0] in COMMANDS or words[0] in ALSO_IN) else None)
+    args = parser.parse_args(words)
     if getattr(args, "handler", None) is None:  # no command: the usage and the commands
         sys.stdout.write(parser.format_help())
         return 0
@@ -78,7 +91,8 @@ def _stdout_gone() -> None:
 
 def matrix_document(topo: Any, profile: str, include_bridges: bool = False) -> dict[str, Any]:
     """The ``p2pdma.matrix/1`` document (kept here for callers of the old ``p2pdma.cli``)."""
-    return matrix.matrix_document(topo, profile, include_bridges)
+    doc: dict[str, Any] = command_module("matrix").matrix_document(topo, profile, include_bridges)
+    return doc
 
 
 __all__ = ["build_parser", "main", "matrix_document"]

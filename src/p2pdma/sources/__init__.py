@@ -104,7 +104,11 @@ def _open_root(value: str | os.PathLike[str] | None, name: str | None = None) ->
     from p2pdma.sources.sysfs import read_root
 
     root = "/" if value is None else os.fspath(value)
-    if os.path.isdir(root):  # a live or unpacked root: the archive reader is not even imported
+    if os.path.abspath(root) == "/":  # the live machine: config space read sparsely (sources.livecfg)
+        from p2pdma.sources.livecfg import SparseConfigFs
+
+        return read_root(SparseConfigFs("/"), name=name)
+    if os.path.isdir(root):  # an unpacked root: the archive reader is not even imported
         return read_root(root, name=name)
     from p2pdma.sources.capture import is_archive, load_capture
 
