@@ -7,7 +7,6 @@ imports its library code inside its handler, so ``p2pdma --help`` loads no model
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -25,8 +24,34 @@ ALSO_IN = {"man": "completion"}  # commands registered by another command's modu
 
 
 def command_module(name: str) -> ModuleType:
-    """The module of command ``name`` (imported on first use: a run loads only its own command)."""
-    return importlib.import_module(f"p2pdma.cli.{ALSO_IN.get(name, name)}")
+    """The module of command ``name``, imported on first use (a run loads only its own command); static
+    imports, one per command, so that the layering and type checks see every one."""
+    match ALSO_IN.get(name, name):
+        case "topo":
+            from p2pdma.cli import topo as mod
+        case "matrix":
+            from p2pdma.cli import matrix as mod
+        case "explain":
+            from p2pdma.cli import explain as mod
+        case "examples":
+            from p2pdma.cli import examples as mod
+        case "report":
+            from p2pdma.cli import report as mod
+        case "capture":
+            from p2pdma.cli import capture as mod
+        case "fleet":
+            from p2pdma.cli import fleet as mod
+        case "simulate":
+            from p2pdma.cli import simulate as mod
+        case "check":
+            from p2pdma.cli import check as mod
+        case "fix":
+            from p2pdma.cli import fix as mod
+        case "completion":
+            from p2pdma.cli import completion as mod
+        case _:
+            raise KeyError(name)
+    return mod
 
 
 class _Parser(argparse.ArgumentParser):
