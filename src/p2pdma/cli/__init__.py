@@ -28,30 +28,50 @@ def command_module(name: str) -> ModuleType:
     imports, one per command, so that the layering and type checks see every one."""
     match ALSO_IN.get(name, name):
         case "topo":
-            from p2pdma.cli import topo as mod
+            from p2pdma.cli import topo
+
+            return topo
         case "matrix":
-            from p2pdma.cli import matrix as mod
+            from p2pdma.cli import matrix
+
+            return matrix
         case "explain":
-            from p2pdma.cli import explain as mod
+            from p2pdma.cli import explain
+
+            return explain
         case "examples":
-            from p2pdma.cli import examples as mod
+            from p2pdma.cli import examples
+
+            return examples
         case "report":
-            from p2pdma.cli import report as mod
+            from p2pdma.cli import report
+
+            return report
         case "capture":
-            from p2pdma.cli import capture as mod
+            from p2pdma.cli import capture
+
+            return capture
         case "fleet":
-            from p2pdma.cli import fleet as mod
+            from p2pdma.cli import fleet
+
+            return fleet
         case "simulate":
-            from p2pdma.cli import simulate as mod
+            from p2pdma.cli import simulate
+
+            return simulate
         case "check":
-            from p2pdma.cli import check as mod
+            from p2pdma.cli import check
+
+            return check
         case "fix":
-            from p2pdma.cli import fix as mod
+            from p2pdma.cli import fix
+
+            return fix
         case "completion":
-            from p2pdma.cli import completion as mod
-        case _:
-            raise KeyError(name)
-    return mod
+            from p2pdma.cli import completion
+
+            return completion
+    raise KeyError(name)
 
 
 class _Parser(argparse.ArgumentParser):
