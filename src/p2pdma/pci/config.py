@@ -161,12 +161,17 @@ def _u8(buf: bytes, off: int) -> int:
     return buf[off]
 
 
+_U16 = struct.Struct("<H").unpack_from
+_U32 = struct.Struct("<I").unpack_from
+_HEAD = struct.Struct("<HHHHI").unpack_from  # vendor, device, command, status, class/revision
+
+
 def _u16(buf: bytes, off: int) -> int:
-    return int(struct.unpack_from("<H", buf, off)[0])
+    return int(_U16(buf, off)[0])
 
 
 def _u32(buf: bytes, off: int) -> int:
-    return int(struct.unpack_from("<I", buf, off)[0])
+    return int(_U32(buf, off)[0])
 
 
 def decode(buf: bytes) -> ConfigInfo:
@@ -179,10 +184,8 @@ def decode(buf: bytes) -> ConfigInfo:
     if len(buf) < PCI_STD_HEADER_SIZEOF:
         raise ValueError(f"config space is {len(buf)} bytes, the header needs 64")
     size = len(buf)
-    vendor = _u16(buf, PCI_VENDOR_ID)
-    device = _u16(buf, PCI_DEVICE_ID)
-    rev_class = _u32(buf, PCI_CLASS_REVISION)
-    hdr = _u8(buf, PCI_HEADER_TYPE)
+    vendor, device, _, status, rev_class = _HEAD(buf, PCI_VENDOR_ID)
+    hdr = buf[PCI_HEADER_TYPE]
     header_type = hdr & PCI_HEADER_TYPE_MASK
     secondary = subordinate = None
     if header_type == HEADER_BRIDGE:
@@ -192,15 +195,15 @@ def decode(buf: bytes) -> ConfigInfo:
     caps: list[int] = []
     pcie: PcieCap | None = None
     caps_readable = size >= PCI_CFG_SPACE_SIZE
-    if _u16(buf, PCI_STATUS) & PCI_STATUS_CAP_LIST:
-        pos = _u8(buf, PCI_CAPABILITY_LIST)
+    if status & PCI_STATUS_CAP_LIST:
+        pos = buf[PCI_CAPABILITY_LIST]
         ttl = 48  # PCI_FIND_CAP_TTL
         while ttl and pos >= 0x40:
             pos &= ~3
             if pos + 2 > size:
                 caps_readable = False
                 break
-            cap_id = _u8(buf, pos)
+            cap_id = buf[pos]
             if cap_id == 0xFF:
                 break
             caps.append(cap_id)
@@ -217,7 +220,7 @@ def decode(buf: bytes) -> ConfigInfo:
                     cur_speed=LINK_SPEEDS.get(lnksta & 0xF),
                     cur_width=(lnksta >> 4) & 0x3F,
                 )
-            pos = _u8(buf, pos + 1)
+            pos = buf[pos + 1]
             ttl -= 1
 
     ext_caps: list[int] = []
@@ -227,7 +230,7 @@ def decode(buf: bytes) -> ConfigInfo:
         pos = PCI_EXT_CAP_START
         ttl = (PCI_CFG_SPACE_EXP_SIZE - PCI_CFG_SPACE_SIZE) // 8
         while ttl > 0 and pos >= PCI_EXT_CAP_START and pos + 4 <= size:
-            header = _u32(buf, pos)
+            header = _U32(buf, pos)[0]
             if header == 0 or header == 0xFFFFFFFF:
                 break
             cap_id = header & 0xFFFF

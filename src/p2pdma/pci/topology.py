@@ -309,12 +309,17 @@ class Topology:
         return [d for d in self.devices if not d.is_bridge]
 
 
+_UNUSED_RESOURCE = " ".join(["0x0000000000000000"] * 3)
+
+
 def _parse_resource(text: str | None, bus_offset: int) -> tuple[Bar, ...]:
     """Parse sysfs ``resource``: one ``start end flags`` line per resource; the first 6 are BARs."""
     if not text:
         return ()
     bars = []
     for i, line in enumerate(text.splitlines()[:PCI_STD_NUM_BARS]):
+        if line == _UNUSED_RESOURCE:
+            continue  # what the kernel prints for an unused BAR: skipped below too, without parsing
         parts = line.split()
         if len(parts) != 3:
             raise ValueError(f"resource line {i + 1} is not 'start end flags': {line!r}")

@@ -269,6 +269,10 @@ class ArchiveFs(FsView):
         return self.links.get(real)
 
     def resolve(self, rel: str) -> str:
+        # A member's name is its own real path: the index holds normalised names only and refuses
+        # members below a file or link, so every prefix of a file or directory is a directory.
+        if rel in self.files or rel in self.dirs:
+            return rel
         # Components resolve left to right, so ``head/tail`` is resolve_dir(head) (memoised) plus
         # ``tail`` when that is a plain name and no link: the same answer, one lookup per read.
         head, _, tail = rel.rpartition("/")
@@ -277,6 +281,9 @@ class ArchiveFs(FsView):
             cand = f"{base}/{tail}" if base else tail
             if cand not in self.links and len(cand) < MAX_LOOKUP:
                 return cand
+            known = self.resolved.get(cand)
+            if known is not None and head in self.dirs:
+                return known  # a link in a real directory: its target resolved once, one hop
         return resolve(rel, self.links.get, None, self.resolved)
 
     def resolve_dir(self, rel: str) -> str:
@@ -286,6 +293,10 @@ class ArchiveFs(FsView):
         return hit
 
     def read(self, rel: str, limit: int = MAX_READ) -> bytes:
+        span = self.files.get(rel)  # a member's own name: no link on the way (see resolve())
+        if span is not None:
+            at, size = span
+            return self.data[at : at + min(size, limit)]
         real = self.resolve(rel)
         span = self.files.get(real)
         if span is None:

@@ -86,6 +86,29 @@ class SysfsReader:
         data = self.read_raw(rel, required=required)
         return None if data is None else data.decode("utf-8", errors="replace")
 
+    def text_in(self, base: str, present: set[str] | None, name: str) -> str | None:
+        """read_text() of ``base/name`` (not required); None at once when the directory's listing
+        ``present`` lacks ``name`` (what the read would find: absent, no warning)."""
+        if present is not None and name not in present:
+            return None
+        data = self.read_raw(f"{base}/{name}")
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def int_in(self, base: str, present: set[str] | None, name: str, num_base: int = 10) -> int | None:
+        """read_int() of ``base/name``, skipping a name ``present`` lacks as text_in() does."""
+        if present is not None and name not in present:
+            return None
+        rel = f"{base}/{name}"
+        data = self.read_raw(rel)
+        if data is None:
+            return None
+        text = data.decode("utf-8", errors="replace")
+        try:
+            return int(text.strip(), num_base)
+        except ValueError:
+            self.warnings.append(f"{rel}: not a number: {text.strip()[:40]!r}")
+            return None
+
     def read_bytes(self, rel: str) -> bytes | None:
         return self.read_raw(rel, 4096, required=True)
 
@@ -94,9 +117,10 @@ class SysfsReader:
         return self.fs.link_name(rel)
 
     def read_int(self, rel: str, base: int = 10) -> int | None:
-        text = self.read_text(rel)
-        if text is None:
+        data = self.read_raw(rel)
+        if data is None:
             return None
+        text = data.decode("utf-8", errors="replace")
         try:
             return int(text.strip(), base)
         except ValueError:
@@ -161,10 +185,11 @@ def _listdir(fs: FsView, rel: str) -> list[str] | None:
         return None
 
 
-def walk_functions(fs: FsView) -> dict[str, tuple[str, list[str]]]:
+def walk_functions(fs: FsView) -> dict[str, tuple[str, list[str] | None]]:
     """Every PCI function directory below ``sys/devices/pci*`` (real directories named by BDF, links
-    not followed): {root-relative directory: (host bridge, its entries)}, in walk order."""
-    out: dict[str, tuple[str, list[str]]] = {}
+    not followed): {root-relative directory: (host bridge, its entries or None if unlistable)}, in
+    walk order."""
+    out: dict[str, tuple[str, list[str] | None]] = {}
     try:
         top = fs.resolve_dir(SYS_DEVICES)
     except LinkEscape:
@@ -176,18 +201,19 @@ def walk_functions(fs: FsView) -> dict[str, tuple[str, list[str]]]:
         stack = [(start, hb)]
         while stack:
             cur, bridge = stack.pop()
-            entries = _listdir(fs, cur) or []
+            listing = _listdir(fs, cur)
+            entries = listing or []
             if cur != start and BDF_RE.match(cur.rpartition("/")[2]):
-                out[cur] = (bridge, entries)
+                out[cur] = (bridge, listing)
+            # both patterns need a colon: most entries (config, vendor, ...) are passed over at once
             kids = [(f"{cur}/{e}", e if HOST_BRIDGE_RE.match(e) else bridge)
-                    for e in entries if BDF_RE.match(e) or (cur != start and HOST_BRIDGE_RE.match(e))]
+                    for e in entries if ":" in e and (BDF_RE.match(e) or (cur != start and HOST_BRIDGE_RE.match(e)))]
             stack.extend(k for k in reversed(kids) if fs.kind(k[0]) == "d")
     return out
 
 
-def _os_names(r: SysfsReader, base: str, entries: list[str]) -> tuple[str, ...]:
+def _os_names(r: SysfsReader, base: str, present: set[str]) -> tuple[str, ...]:
     names: list[str] = []
-    present = set(entries)
     for sub in OS_NAME_DIRS:
         if sub not in present:
             continue
@@ -202,7 +228,7 @@ def _os_names(r: SysfsReader, base: str, entries: list[str]) -> tuple[str, ...]:
 
 def _p2pmem(r: SysfsReader, base: str) -> P2pmem:
     def num(name: str) -> int | None:
-        return r.read_int(f"{base}/p2pmem/{name}")
+        return r.int_in(base, None, f"p2pmem/{name}")
 
     published = num("published")
     return P2pmem(size=num("size"), available=num("available"),
@@ -265,13 +291,14 @@ def read_root(
         raise SourceError(f"{where}: cannot list PCI devices (no such directory)")
     if listed is None:
         r.warnings.append(f"{PCI_DEVICES}: missing; functions read from {SYS_DEVICES}/pci*")
-    found: dict[str, tuple[str, str, list[str] | None]] = {}  # bdf -> (dir, host bridge, entries)
-    for d, (hb, entries) in walked.items():
+    # bdf -> (dir, host bridge, entries: None when unlistable), with False for "list it"
+    found: dict[str, tuple[str, str, list[str] | None | bool]] = {}
+    for d, (hb, walked_entries) in walked.items():
         bdf = d.rpartition("/")[2]
         if bdf in found:
             r.warnings.append(f"{d}: a second directory for {bdf}, skipped")
             continue
-        found[bdf] = (d, hb, entries)
+        found[bdf] = (d, hb, walked_entries)
     confirmed: set[str] = set()
     for entry in listed or []:
         rel = f"{PCI_DEVICES}/{entry}"
@@ -296,7 +323,7 @@ def read_root(
             continue
         if entry in found:
             r.warnings.append(f"{rel}: leads to {real}, not to {found[entry][0]}; using the link")
-        found[entry] = (real, parts[hb_idx], None)
+        found[entry] = (real, parts[hb_idx], False)
         confirmed.add(entry)
     if listed is not None:
         missing = sorted(b for b in found if b not in confirmed)
@@ -310,26 +337,30 @@ def read_root(
     raws: list[RawFunction] = []
     host_bridges: list[str] = []
     for entry in sorted(found):
-        base, host_bridge, listing = found[entry]
-        entries = listing if listing is not None else _listdir(fs, base) or []
+        base, host_bridge, walked_listing = found[entry]
+        listing = _listdir(fs, base) if walked_listing is False else walked_listing
+        entries = listing if isinstance(listing, list) else []
+        # a name the listing lacks is absent (the read would say so); unlistable: every file is tried
+        entries_set = set(entries)
+        present = entries_set if isinstance(listing, list) else None
         parts = base.split("/")
         hb_idx = max(i for i, p in enumerate(parts) if p == host_bridge)
         host_bridges.append(host_bridge)
         parent = parts[-2] if len(parts) - 2 > hb_idx and BDF_RE.match(parts[-2]) else None
         physfn = None
-        if "physfn" in entries and fs.is_link(f"{base}/physfn"):
+        if "physfn" in entries_set and fs.is_link(f"{base}/physfn"):
             try:
                 pf_name = fs.resolve(f"{base}/physfn").rpartition("/")[2]
                 physfn = pf_name if BDF_RE.match(pf_name) else None
             except LinkEscape:
                 r.warnings.append(f"{base}/physfn: link leads outside the root, not followed")
-        group = r.link_name(f"{base}/iommu_group") if "iommu_group" in entries else None
+        group = r.link_name(f"{base}/iommu_group") if "iommu_group" in entries_set else None
         cfg_size = None
         if config_sizes is not None:
             cfg_size = config_sizes.get(entry)
         elif fs.live:
             cfg_size = fs.file_size(f"{base}/config")
-        cpulist = r.read_text(f"{base}/local_cpulist") if "local_cpulist" in entries else None
+        cpulist = r.read_text(f"{base}/local_cpulist") if "local_cpulist" in entries_set else None
         raws.append(
             RawFunction(
                 bdf=entry,
@@ -338,20 +369,20 @@ def read_root(
                 physfn=physfn,
                 config=r.read_bytes(f"{base}/config"),
                 config_space_size=cfg_size,
-                vendor=r.read_int(f"{base}/vendor", 16),
-                device=r.read_int(f"{base}/device", 16),
-                class_code=r.read_int(f"{base}/class", 16),
-                resource=r.read_text(f"{base}/resource"),
+                vendor=r.int_in(base, present, "vendor", 16),
+                device=r.int_in(base, present, "device", 16),
+                class_code=r.int_in(base, present, "class", 16),
+                resource=r.text_in(base, present, "resource"),
                 iommu_group=int(group) if group and group.isdigit() else None,
-                numa_node=r.read_int(f"{base}/numa_node"),
-                driver=r.link_name(f"{base}/driver") if "driver" in entries else None,
-                max_speed=_speed(r.read_text(f"{base}/max_link_speed")),
-                max_width=_width(r.read_text(f"{base}/max_link_width")),
-                cur_speed=_speed(r.read_text(f"{base}/current_link_speed")),
-                cur_width=_width(r.read_text(f"{base}/current_link_width")),
-                os_names=_os_names(r, base, entries),
+                numa_node=r.int_in(base, present, "numa_node"),
+                driver=r.link_name(f"{base}/driver") if "driver" in entries_set else None,
+                max_speed=_speed(r.text_in(base, present, "max_link_speed")),
+                max_width=_width(r.text_in(base, present, "max_link_width")),
+                cur_speed=_speed(r.text_in(base, present, "current_link_speed")),
+                cur_width=_width(r.text_in(base, present, "current_link_width")),
+                os_names=_os_names(r, base, entries_set),
                 local_cpulist=cpulist.strip() or None if cpulist is not None else None,
-                p2pmem=_p2pmem(r, base) if "p2pmem" in entries else None,
+                p2pmem=_p2pmem(r, base) if "p2pmem" in entries_set else None,
             )
         )
     cpu = parse_cpuinfo(r.read_text("proc/cpuinfo", required=True))
