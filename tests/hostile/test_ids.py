@@ -63,3 +63,42 @@ def test_a_fifo_pci_ids_is_ignored(tmp_path: Path) -> None:
     ids = I.PciIds.find(tmp_path)
     assert ids.source != str(p / "pci.ids")  # this host's pci.ids or the built-ins, never the FIFO
     assert ids.names(0x15B3, 1)[0] in ("Mellanox", "Mellanox Technologies")
+
+
+def _every_class_code(ids: I.PciIds) -> list[int]:
+    return sorted({(k << 16) if k < 256 else (k << 8) for k in ids.classes} | {0x000000, 0x000100, 0xFF0000, 0x0B4000})
+
+
+def _classes_as_full_parse(path: Path) -> None:
+    """class_name() with one class block parsed at a time equals the old whole-section parse."""
+    I._file_bytes.cache_clear()
+    full = I.PciIds(source=str(path))
+    full._load_classes()
+    codes = _every_class_code(full)
+    lazy = I.PciIds(source=str(path))
+    got = [lazy.class_name(c) for c in codes]
+    want = [full.class_name(c) for c in codes]
+    assert got == want
+    assert -1 not in lazy.looked or any(c >> 16 == 0 for c in codes)
+
+
+def test_class_blocks_are_looked_up_alone(tmp_path: Path) -> None:
+    write_ids(tmp_path, SAMPLE + "C 00  Unclassified device\n\t01  VGA compatible unclassified device\n")
+    path = tmp_path / "usr/share/hwdata/pci.ids"
+    _classes_as_full_parse(path)
+    I._file_bytes.cache_clear()
+    ids = I.PciIds(source=str(path))
+    assert ids.class_name(0x030200) == "3D controller"
+    assert set(ids.classes) == {0x03, 0x0302}  # only the display block was parsed
+    assert ids.class_name(0x120000) == "Processing accelerators"  # not in the file: the built-in
+
+
+def test_class_blocks_on_the_installed_pci_ids() -> None:
+    for p in I.PCI_IDS_PATHS:
+        path = Path("/") / p
+        if path.is_file():
+            _classes_as_full_parse(path)
+            return
+    import pytest
+
+    pytest.skip("no pci.ids installed")

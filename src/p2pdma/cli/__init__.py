@@ -74,7 +74,33 @@ def command_module(name: str) -> ModuleType:
     raise KeyError(name)
 
 
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size() gives it (COLUMNS, else stdout's TTY, else 80),
+    without importing shutil (and the compression modules it loads) on every run."""
+    import os
+
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help layout with the width it would choose (shutil's, less 2), found without shutil."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position, _columns() - 2 if width is None else width)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> Any:
         self.exit(2, f"p2pdma: {message}\n")
 

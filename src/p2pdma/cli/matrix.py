@@ -4,7 +4,6 @@ functions the view options pick), as a table, CSV, ``p2pdma.matrix/2`` or the ol
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -69,6 +68,8 @@ def matrix_document(topo: Topology, profile: str, include_bridges: bool = False)
 def write_matrix_json(topo: Topology, profile: str, include_bridges: bool, out: TextIO) -> None:
     """Stream the ``p2pdma.matrix/1`` document pair by pair: the same bytes as ``json.dumps(matrix_document())``
     without holding every pair in memory."""
+    import json
+
     from p2pdma.p2p.matrix import compute_matrix
 
     mat = compute_matrix(topo, profile, include_bridges=include_bridges, progress=matrix_progress())
@@ -125,9 +126,16 @@ def render_matrix(
 ) -> str:
     """The text view: the header (which kernel profile and why, what was left out), the devices with
     names, NUMA and CPUs, the table, the legend and the distinct-pair counts."""
+    from p2pdma.p2p.small import SmallMatrix, small_pair_counts, small_uncertain_why
     from p2pdma.pci.names import labels
-    from p2pdma.report.documents import pair_counts, uncertain_why
     from p2pdma.report.text import LEGEND
+
+    if isinstance(mat, SmallMatrix):  # the small table loads neither numpy nor the JSON documents
+        counts, why = small_pair_counts(mat), small_uncertain_why(mat)
+    else:
+        from p2pdma.report.documents import pair_counts, uncertain_why
+
+        counts, why = pair_counts(mat), uncertain_why(mat)
 
     topo = mat.topo
     n = len(mat.bdfs)
@@ -149,7 +157,7 @@ def render_matrix(
         lines.append("")
         lines.append(LEGEND)
         lines.append("  " + LABELS_NOTE)
-    lines.append(counts_line(pair_counts(mat), uncertain_why(mat)))
+    lines.append(counts_line(counts, why))
     return term.wrap("\n".join(lines))
 
 

@@ -97,6 +97,26 @@ class PciIds:
                 break
         self._merge(PciIds.parse(data[start:end].decode("utf-8", "replace")))
 
+    def _load_class_block(self, base: int) -> bool:
+        """Parse only base class ``base``'s ``C`` block (its subclass lines), once; False when the file
+        has no such block (the caller then parses the whole class section, as before)."""
+        self.looked.add(-2 - base)
+        data = _file_bytes(self.source) if self.source else None
+        if not data:
+            return True
+        first = self.sections.get(-1)
+        if first is None:
+            at = data.find(b"\nC ")
+            first = self.sections[-1] = (at, at)
+        if first[0] < 0:
+            return False
+        i = data.find(b"\nC %02x  " % base, first[0])
+        if i < 0:
+            return False
+        end = data.find(b"\nC ", i + 1)
+        self._merge(PciIds.parse(data[i + 1 : end + 1 if end >= 0 else len(data)].decode("utf-8", "replace")))
+        return True
+
     def _load_classes(self) -> None:
         self.looked.add(-1)
         data = _file_bytes(self.source) if self.source else None
@@ -148,8 +168,11 @@ class PciIds:
 
     def class_name(self, class_code: int) -> str | None:
         """Most specific known name for a 24-bit class code."""
-        if -1 not in self.looked and self.source is not None:
-            self._load_classes()
+        base = class_code >> 16
+        if -1 not in self.looked and self.source is not None and -2 - base not in self.looked:
+            # base class 0's subclass keys share numbers with base classes: that one reads the whole section
+            if base == 0 or not self._load_class_block(base):
+                self._load_classes()
         sub = class_code >> 8
         return (
             self.classes.get(sub)

@@ -9,7 +9,6 @@ filter left out. Pure functions of a Topology: no printing, errors are InputErro
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -165,6 +164,8 @@ def parse_classes(text: str | Sequence[str]) -> tuple[str, ...]:
         if name in ("gpus", "nics", "accels"):
             name = name[:-1]
         if name not in CLASS_NAMES:
+            import difflib  # only for a miss's "did you mean"
+
             near = difflib.get_close_matches(name, CLASS_NAMES, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise InputError(f"unknown device class {raw.strip()!r} (known: {', '.join(CLASS_NAMES)}){hint}")
@@ -289,6 +290,8 @@ def did_you_mean(topo: Topology, text: str, alias_map: dict[str, str] | None = N
     for d in topo.devices:
         for n in names_of(topo, d, alias_map):
             candidates.setdefault(n.lower(), n)
+    import difflib
+
     near = difflib.get_close_matches(text.lower(), list(candidates), n=3, cutoff=0.6)
     if not near:
         if alias_map:
