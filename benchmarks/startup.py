@@ -1,6 +1,8 @@
 """Start-up cost of the command line, as ratios in one run: `p2pdma --help`, `p2pdma examples` and
 `p2pdma matrix` on the live machine against `python3 -c pass` and `lspci -tv` (issue 17's goal:
-matrix within 3x of lspci -tv). Run: .venv/bin/python benchmarks/startup.py [--runs N]."""
+matrix within 3x of lspci -tv), and the floor of this design: a bare interpreter importing only the
+standard-library modules the command line needs (re, argparse, typing, enum, dataclasses, pathlib, struct).
+Run: .venv/bin/python benchmarks/startup.py [--runs N]."""
 
 from __future__ import annotations
 
@@ -52,6 +54,9 @@ def main() -> int:
     args = ap.parse_args()
     cases = {
         "python3 -c pass": [sys.executable, "-c", "pass"],
+        # the floor of this design: the standard-library modules the command line needs before any of its code
+        "stdlib floor (re argparse typing enum dataclasses pathlib)": [
+            sys.executable, "-c", "import re, argparse, typing, enum, dataclasses, pathlib, struct"],
         "p2pdma --help": [P2PDMA, "--help"],
         "p2pdma examples": [P2PDMA, "examples"],
         "p2pdma matrix (live)": [P2PDMA, "matrix"],
@@ -63,11 +68,11 @@ def main() -> int:
         res = {name: _time(cmd, args.runs, _env(cache)) for name, cmd in cases.items()}
     base = res["python3 -c pass"]
     lspci = res.get("lspci -tv")
-    print(f"{'command':42} {'wall ms':>8} {'x python':>9} {'x lspci':>8} {'CPU ms':>8} {'x python':>9} {'x lspci':>8}")
+    print(f"{'command':58} {'wall ms':>8} {'x python':>9} {'x lspci':>8} {'CPU ms':>8} {'x python':>9} {'x lspci':>8}")
     for name, (t, c) in res.items():
         vs_w = f"{t / lspci[0]:8.1f}" if lspci else f"{'n/a':>8}"
         vs_c = f"{c / lspci[1]:8.1f}" if lspci and lspci[1] > 0 else f"{'n/a':>8}"
-        print(f"{name:42} {t * 1000:8.1f} {t / base[0]:9.1f} {vs_w} {c * 1000:8.1f} {c / base[1]:9.1f} {vs_c}")
+        print(f"{name:58} {t * 1000:8.1f} {t / base[0]:9.1f} {vs_w} {c * 1000:8.1f} {c / base[1]:9.1f} {vs_c}")
     return 0
 
 
