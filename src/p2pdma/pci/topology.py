@@ -369,9 +369,10 @@ def build_topology(
     """
     warn = list(warnings)
     by_bdf: dict[str, RawFunction] = {}
+    addr: dict[str, tuple[int, int, int, int]] = {}  # parse_bdf() of each kept BDF, parsed once
     for r in raws:
         try:
-            parse_bdf(r.bdf)
+            addr[r.bdf] = parse_bdf(r.bdf)
         except ValueError:
             warn.append(f"{r.bdf}: not a PCI address, skipped")
             continue
@@ -412,16 +413,23 @@ def build_topology(
         parents[bdf] = p
 
     # Refuse cycles (a hostile or corrupt tree): break them at the first repeat.
+    acyclic: set[str] = set()  # functions whose upstream walk is known to end at a root bus
     for bdf in by_bdf:
         seen = {bdf}
         cur = parents[bdf]
+        path = [bdf]
         while cur is not None:
+            if cur in acyclic:
+                break
             if cur in seen:
                 warn.append(f"{bdf}: upstream bridges form a loop at {cur}; placed on the root bus")
                 parents[bdf] = None
+                path = [bdf]  # now on the root bus; the rest may still loop among themselves
                 break
             seen.add(cur)
+            path.append(cur)
             cur = parents[cur]
+        acyclic.update(path)
 
     # Port types: from the PCIe capability when readable, else inferred from the tree's shape.
     port_types: dict[str, tuple[int | None, bool]] = {}
@@ -453,10 +461,10 @@ def build_topology(
         return result
 
     devices: list[Device] = []
-    for bdf in sorted(by_bdf, key=lambda b: parse_bdf(b)):
+    for bdf in sorted(by_bdf, key=addr.__getitem__):
         r = by_bdf[bdf]
         info = decoded[bdf]
-        dom, bus, slot, fn = parse_bdf(bdf)
+        dom, bus, slot, fn = addr[bdf]
         vendor = info.vendor if info else (r.vendor if r.vendor is not None else 0xFFFF)
         device = info.device if info else (r.device if r.device is not None else 0xFFFF)
         class_code = info.class_code if info else (r.class_code or 0)

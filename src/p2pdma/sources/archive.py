@@ -502,6 +502,17 @@ def _fast_members(buf: bytes) -> tuple[list[str], list[int], list[int], list[int
         ext_set = set(ext_pos)
         ext_sizes = sizes[ext].tolist()
         ext_types = types[ext].tolist()
+        lone = _lone_pax(buf, chain, ext_pos, ext_sizes, ext_types)
+        if lone is not None:  # the usual case, each long name alone in a pax header before its member
+            for h, is_link, value in lone:
+                r = row_of[h + 1]
+                if not is_link:
+                    names[r] = value
+                else:
+                    li = link_at.get(r)
+                    if li is not None:
+                        targets[li] = value
+            ext_pos = ext_sizes = ext_types = []  # applied: the general loop below has nothing to do
         pending: dict[str, str] = {}
         long_name: str | None = None
         long_link: str | None = None
@@ -551,6 +562,36 @@ def _fast_members(buf: bytes) -> tuple[list[str], list[int], list[int], list[int
                 raise _Unusual
             kinds[r] = _T_DIR
     return names, kinds, offsets, msizes.tolist(), link_rows.tolist(), targets
+
+
+def _lone_pax(buf: bytes, chain: list[int], ext_pos: list[int], ext_sizes: list[int],
+              ext_types: list[int]) -> list[tuple[int, bool, str]] | None:
+    """(header, linkpath or path, value) for extended headers that are each one pax header holding a
+    single ``path`` or ``linkpath`` record written canonically (``%d path=VALUE\n``) right before its
+    member, as tarfile and capture.py write long names; None when any is otherwise (the general loop
+    in _fast_members reads them). Each value is what _one_record() reads from the same bytes."""
+    if any(k != 120 for k in ext_types) or ext_pos[-1] + 1 >= len(chain):
+        return None
+    if len(ext_pos) > 1 and min(b - a for a, b in itertools.pairwise(ext_pos)) < 2:
+        return None  # two extended headers in a row
+    out: list[tuple[int, bool, str]] = []
+    append = out.append
+    for h, size in zip(ext_pos, ext_sizes, strict=True):
+        if not 0 < size <= MAX_MEMBER_SIZE:
+            return None
+        at = chain[h] * 512 + 512
+        end = at + size - 1
+        if buf[end] != 10:
+            return None
+        pre = b"%d path=" % size
+        if buf.startswith(pre, at, end):
+            append((h, False, buf[at + len(pre) : end].decode("utf-8", "surrogateescape")))
+            continue
+        pre = b"%d linkpath=" % size
+        if not buf.startswith(pre, at, end):
+            return None
+        append((h, True, buf[at + len(pre) : end].decode("utf-8", "surrogateescape")))
+    return out
 
 
 def _one_record(data: bytes) -> tuple[str, str] | None:
