@@ -225,7 +225,21 @@ def topology_fingerprint(topo: Topology) -> str:
     for d in topo.devices:
         key = d.parent if d.parent is not None else f"hb:{d.host_bridge}"
         children.setdefault(key, []).append(d.bdf)
-    depth = {d.bdf: len(topo.chain(d.bdf)) for d in topo.devices}
+    depth: dict[str, int] = {}  # len(topo.chain(bdf)), each function's walk stopping at a known one
+    for d in topo.devices:
+        walk: list[str] = []
+        cur = d
+        while cur.bdf not in depth:
+            walk.append(cur.bdf)
+            if cur.parent is None:
+                level = 0
+                break
+            cur = topo[cur.parent]
+        else:
+            level = depth[cur.bdf]
+        for b in reversed(walk):
+            level += 1
+            depth[b] = level
     digest: dict[str, str] = {}
     for d in sorted(topo.devices, key=lambda x: -depth[x.bdf]):
         label = (

@@ -463,7 +463,8 @@ def _fast_members(buf: bytes) -> tuple[list[str], list[int], list[int], list[int
     idx = np.array(chain, dtype=np.intp)
     sizes = _fallback(sizes_all[idx], blocks, idx, 124, 136, "size")
     stored = _fallback(_octal_fields(blocks[idx, 148:156], 6), blocks, idx, 148, 156, "checksum")
-    sums = _header_sums(blocks)[idx] - blocks[idx, 148:156].sum(axis=1, dtype=np.int64) + 256
+    heads = blocks.take(idx, axis=0)  # the headers alone (a contiguous copy): summed, not every block
+    sums = _header_sums(heads) - heads[:, 148:156].sum(axis=1, dtype=np.int64) + 256
     if not np.array_equal(sums, stored):
         raise _Unusual
     types = blocks[idx, 156]

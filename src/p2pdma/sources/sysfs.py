@@ -68,19 +68,24 @@ class SysfsReader:
     def read_raw(self, rel: str, limit: int = MAX_FILE, *, required: bool = False) -> bytes | None:
         try:
             return self.fs.read(rel, limit)
-        except LinkEscape:
+        except (OSError, LinkEscape) as exc:
+            self._trouble(rel, exc, required)
+        return None
+
+    def _trouble(self, rel: str, exc: OSError | LinkEscape, required: bool) -> None:
+        """The warning for a failed read of ``rel`` (absent: only when ``required``); SourceError for a
+        FIFO, device or socket where the kernel's sysfs/procfs has a regular file: not a real root
+        (reading it could block or never end), so the whole input is refused in one line."""
+        if isinstance(exc, LinkEscape):
             self.warnings.append(f"{rel}: link leads outside the root, not followed")
-        except FileNotFoundError:
+        elif isinstance(exc, FileNotFoundError):
             if required:
                 self.warnings.append(f"{rel}: missing")
-        except NotRegular:
-            # a FIFO, device or socket where the kernel's sysfs/procfs has a regular file: not a real
-            # root (reading it could block or never end), so the whole input is refused in one line
+        elif isinstance(exc, NotRegular):
             raise SourceError(f"{rel}: not a regular file where sysfs has one (a FIFO, device or socket): "
                               "refused") from None
-        except OSError as exc:
+        else:
             self.warnings.append(f"{rel}: unreadable ({exc.strerror or exc})")
-        return None
 
     def read_text(self, rel: str, *, required: bool = False) -> str | None:
         data = self.read_raw(rel, required=required)
@@ -91,18 +96,31 @@ class SysfsReader:
         ``present`` lacks ``name`` (what the read would find: absent, no warning)."""
         if present is not None and name not in present:
             return None
-        data = self.read_raw(f"{base}/{name}")
-        return None if data is None else data.decode("utf-8", errors="replace")
+        rel = f"{base}/{name}"
+        try:
+            data = self.fs.read(rel, MAX_FILE)
+        except (OSError, LinkEscape) as exc:
+            self._trouble(rel, exc, False)
+            return None
+        return data.decode("utf-8", errors="replace")
 
     def int_in(self, base: str, present: set[str] | None, name: str, num_base: int = 10) -> int | None:
         """read_int() of ``base/name``, skipping a name ``present`` lacks as text_in() does."""
         if present is not None and name not in present:
             return None
         rel = f"{base}/{name}"
-        data = self.read_raw(rel)
-        if data is None:
+        try:
+            data = self.fs.read(rel, MAX_FILE)
+        except (OSError, LinkEscape) as exc:
+            self._trouble(rel, exc, False)
             return None
-        text = data.decode("utf-8", errors="replace")
+        try:
+            return int(data, num_base)  # ASCII digits and whitespace: what the text would parse as
+        except ValueError:
+            pass
+        return self._number(rel, data.decode("utf-8", errors="replace"), num_base)
+
+    def _number(self, rel: str, text: str, num_base: int) -> int | None:
         try:
             return int(text.strip(), num_base)
         except ValueError:
@@ -120,12 +138,7 @@ class SysfsReader:
         data = self.read_raw(rel)
         if data is None:
             return None
-        text = data.decode("utf-8", errors="replace")
-        try:
-            return int(text.strip(), base)
-        except ValueError:
-            self.warnings.append(f"{rel}: not a number: {text.strip()[:40]!r}")
-            return None
+        return self._number(rel, data.decode("utf-8", errors="replace"), base)
 
 
 def _speed(text: str | None) -> float | None:
