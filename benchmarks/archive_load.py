@@ -6,7 +6,7 @@ Usage: python benchmarks/archive_load.py [--repeat 5]
 For a synthetic 64-endpoint capture, the 137-function hwloc-gathered tree
 (``32em64t-2n8c+dax+nvme+mic+dimms.tar.bz2``) and the gathered
 ``40intel64-2g2n4c+pcilocality.tar.bz2`` (11,495 members) of ../shared/data/hwloc (skipped when
-absent): the best of ``--repeat`` loads by sources.archive.load_capture() (in memory), by read_root()
+absent): the best of ``--repeat`` loads (CPU time) by sources.archive.load_capture() (in memory), by read_root()
 of the tree unpacked beforehand (the reference: goal at most 1.5x), and by the old path (extract the
 archive into a temporary directory with tarfile, then read_root(); the copy in fleet_scale.py). The
 decompression alone (sources.archive.decompress(), part of the in-memory load) is timed too, and the
@@ -44,11 +44,13 @@ GOAL_GATHERED_S = 2.0
 
 
 def best(fn: Callable[[], object], repeat: int) -> float:
+    """The least CPU time (user + system, this process) of ``repeat`` calls: on shared cores wall time
+    mostly measures the neighbours."""
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return min(times)
 
 

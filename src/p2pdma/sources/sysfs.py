@@ -357,7 +357,7 @@ def read_root(
         entries_set = set(entries)
         present = entries_set if isinstance(listing, list) else None
         parts = base.split("/")
-        hb_idx = max(i for i, p in enumerate(parts) if p == host_bridge)
+        hb_idx = len(parts) - 1 - parts[::-1].index(host_bridge)  # its last occurrence
         host_bridges.append(host_bridge)
         parent = parts[-2] if len(parts) - 2 > hb_idx and BDF_RE.match(parts[-2]) else None
         physfn = None
