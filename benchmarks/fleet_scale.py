@@ -194,6 +194,7 @@ def bench_fleet(label: str, tasks: list[Task], part: int, workers: int, dask: bo
     for o, s in zip(old_rows, ser_rows, strict=True):  # the new worker finds what the old one found
         assert (o.pairs, o.uncertain, o.causes, o.fingerprint) == (s.pairs, s.uncertain, s.causes, s.fingerprint)
     docs = {"serial": report_json(build_report(ser_rows, PROFILE))}
+    whole: dict[str, object] = {}
     for engine in ("pool", "dask") if dask else ("pool",):
         t, rows = _timed(lambda e=engine: run(tasks, PROFILE, e, workers=workers), engine)  # type: ignore[misc]
         assert isinstance(rows, list)
@@ -201,6 +202,9 @@ def bench_fleet(label: str, tasks: list[Task], part: int, workers: int, dask: bo
         per_cpu[engine] = len(tasks) / CPU[engine]
         docs[engine] = report_json(build_report(rows[:part], PROFILE))
         assert docs[engine] == docs["serial"], f"{engine} and serial documents differ"
+        whole[engine] = report_json(build_report(rows, PROFILE))
+    if len(whole) == 2:  # the whole fleet's documents, not only the part the serial engine ran
+        assert whole["pool"] == whole["dask"], "pool and Dask documents of the whole fleet differ"
     base = rates["baseline"]
     print(f"\n{label}: {len(tasks)} machines ({part} for baseline and serial), {workers} workers")
     print(f"  {'path':<9} {'machines/s':>11} {'x baseline':>11} {'per CPU-s':>10} {'x baseline':>11}"

@@ -91,34 +91,33 @@ class SysfsReader:
         data = self.read_raw(rel, required=required)
         return None if data is None else data.decode("utf-8", errors="replace")
 
-    def text_in(self, base: str, present: set[str] | None, name: str) -> str | None:
-        """read_text() of ``base/name`` (not required); None at once when the directory's listing
+    def _bytes_in(self, base: str, present: set[str] | None, name: str) -> bytes | None:
+        """The bytes of ``base/name`` (not required); None at once when the directory's listing
         ``present`` lacks ``name`` (what the read would find: absent, no warning)."""
         if present is not None and name not in present:
             return None
         rel = f"{base}/{name}"
         try:
-            data = self.fs.read(rel, MAX_FILE)
+            return self.fs.read(rel, MAX_FILE)
         except (OSError, LinkEscape) as exc:
             self._trouble(rel, exc, False)
             return None
-        return data.decode("utf-8", errors="replace")
+
+    def text_in(self, base: str, present: set[str] | None, name: str) -> str | None:
+        """read_text() of ``base/name``, skipping a name ``present`` lacks (_bytes_in())."""
+        data = self._bytes_in(base, present, name)
+        return None if data is None else data.decode("utf-8", errors="replace")
 
     def int_in(self, base: str, present: set[str] | None, name: str, num_base: int = 10) -> int | None:
         """read_int() of ``base/name``, skipping a name ``present`` lacks as text_in() does."""
-        if present is not None and name not in present:
-            return None
-        rel = f"{base}/{name}"
-        try:
-            data = self.fs.read(rel, MAX_FILE)
-        except (OSError, LinkEscape) as exc:
-            self._trouble(rel, exc, False)
+        data = self._bytes_in(base, present, name)
+        if data is None:
             return None
         try:
             return int(data, num_base)  # ASCII digits and whitespace: what the text would parse as
         except ValueError:
             pass
-        return self._number(rel, data.decode("utf-8", errors="replace"), num_base)
+        return self._number(f"{base}/{name}", data.decode("utf-8", errors="replace"), num_base)
 
     def _number(self, rel: str, text: str, num_base: int) -> int | None:
         try:
