@@ -22,6 +22,24 @@ COMMANDS = ("topo", "matrix", "explain", "examples", "report", "capture", "fleet
 
 ALSO_IN = {"man": "completion"}  # commands registered by another command's module
 
+# Each command's one-line help, in the order --help lists them: the command modules register with these,
+# and `p2pdma --help` (or a mistyped command) lists them without importing any command module.
+COMMAND_HELP = {
+    "topo": "the PCI tree: port types, links, ACS, host bridge whitelist",
+    "matrix": "P2P map type and distance for every pair of the devices people peer",
+    "explain": "why a pair gets its verdict: path, ACS per port, fix",
+    "examples": "list the bundled example machines",
+    "report": "one self-contained HTML file: PCI tree, P2P heat map, each pair's reason and fix",
+    "capture": "save what the verdict reads (sysfs, procfs) as one archive",
+    "fleet": "analyse many captures: per machine, topology groups, outliers, causes",
+    "simulate": "run a scenario (exports, imports, DMA, resets) on the run-time model",
+    "check": "explore every interleaving of a model; prove the lifetime rules or print the shortest trace that "
+             "breaks one",
+    "fix": "the smallest ACS change making pairs BUS_ADDR, how to apply it, its IOMMU-group cost",
+    "completion": "print a shell completion script (bash or zsh) generated from the parser",
+    "man": "print the p2pdma(1) man page (roff) generated from the parser",
+}
+
 
 def command_module(name: str) -> ModuleType:
     """The module of command ``name``, imported on first use (a run loads only its own command); static
@@ -105,12 +123,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"p2pdma: {message}\n")
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None, *, listing: bool = False) -> argparse.ArgumentParser:
     """The argument parser (also used by the README and tests); ``only``: register that command alone,
-    which parses its own arguments exactly as the full parser does, without importing the others."""
+    which parses its own arguments exactly as the full parser does, without importing the others;
+    ``listing``: the commands by name and help only (the same --help, the same errors), no module imported."""
     p = _Parser(prog="p2pdma", description="Which PCI functions can do peer-to-peer DMA, as the kernel decides.")
     p.add_argument("--version", action="version", version=f"p2pdma {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+    if listing:
+        for name, text in COMMAND_HELP.items():
+            sub.add_parser(name, help=text, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+        return p
     for name in COMMANDS if only is None else (only,):
         command_module(name).add_parser(sub)
     return p
@@ -119,8 +142,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: any P2pdmaError becomes one line on stderr and exit 2."""
     words = list(sys.argv[1:] if argv is None else argv)
-    # `p2pdma COMMAND ...`: that command's parser alone; anything else (no command, --help, a typo) the full one
-    parser = build_parser(words[0] if words and (words[0] in COMMANDS or words[0] in ALSO_IN) else None)
+    # `p2pdma COMMAND ...`: that command's parser alone; anything else (no command, --help, a typo) the listing,
+    # and the full parser only when the listing finds a command after all (`p2pdma -- matrix`)
+    if words and words[0] in COMMAND_HELP:
+        parser = build_parser(words[0])
+    else:
+        parser = build_parser(listing=True)
+        if getattr(parser.parse_args(words), "cmd", None) is not None:
+            parser = build_parser()
     args = parser.parse_args(words)
     if getattr(args, "handler", None) is None:  # no command: the usage and the commands
         sys.stdout.write(parser.format_help())

@@ -7,10 +7,12 @@ import json
 import sys
 from typing import Any
 
+from p2pdma.cli import COMMAND_HELP
+
 
 def add_parser(sub: Any) -> None:
     """Register ``capture``."""
-    c = sub.add_parser("capture", help="save what the verdict reads (sysfs, procfs) as one archive")
+    c = sub.add_parser("capture", help=COMMAND_HELP["capture"])
     c.add_argument("out", metavar="OUT.tar.gz",
                    help="archive to write (.tar.gz, .tar, .tar.bz2, .tar.xz); - writes a .tar.gz to stdout")
     c.add_argument("--source-root", "--root", dest="source_root", metavar="DIR", default="/",

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from p2pdma.cli import COMMAND_HELP
 from p2pdma.errors import InputError
 
 if TYPE_CHECKING:
@@ -20,8 +21,7 @@ CHECK_LIST_SCHEMA = "p2pdma.check-list/1"
 
 def add_parser(sub: Any) -> None:
     """Register ``check``."""
-    p = sub.add_parser("check", help="explore every interleaving of a model; prove the lifetime rules or "
-                                      "print the shortest trace that breaks one")
+    p = sub.add_parser("check", help=COMMAND_HELP["check"])
     p.add_argument("model", nargs="?", help="a bundled model (see `p2pdma check --list`) or a model .yaml file")
     p.add_argument("--importers", type=int, metavar="N", help="number of importers (models that have them)")
     p.add_argument("--max-states", type=int, default=500_000, metavar="N", help="stop after N states (reported)")

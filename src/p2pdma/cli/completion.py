@@ -9,16 +9,18 @@ import sys
 from datetime import date
 from typing import Any
 
+from p2pdma.cli import COMMAND_HELP
+
 # Options whose value is a path: the shell completes file names there.
 PATH_OPTIONS = ("--root", "--source-root", "--spec", "--hwloc", "--lspci", "--nccl-xml", "--out", "--models")
 
 
 def add_parser(sub: Any) -> None:
     """Register ``completion`` and ``man``."""
-    c = sub.add_parser("completion", help="print a shell completion script (bash or zsh) generated from the parser")
+    c = sub.add_parser("completion", help=COMMAND_HELP["completion"])
     c.add_argument("shell", choices=("bash", "zsh"), help="the shell: eval \"$(p2pdma completion bash)\"")
     c.set_defaults(handler=run_completion)
-    m = sub.add_parser("man", help="print the p2pdma(1) man page (roff) generated from the parser")
+    m = sub.add_parser("man", help=COMMAND_HELP["man"])
     m.set_defaults(handler=run_man)
 
 

@@ -6,12 +6,14 @@ import argparse
 import json
 from typing import Any
 
+from p2pdma.cli import COMMAND_HELP
+
 EXAMPLES_SCHEMA = "p2pdma.examples/1"
 
 
 def add_parser(sub: Any) -> None:
     """Register ``examples``."""
-    x = sub.add_parser("examples", help="list the bundled example machines")
+    x = sub.add_parser("examples", help=COMMAND_HELP["examples"])
     x.add_argument("--json", action="store_true", help="print one JSON document")
     x.set_defaults(handler=run)
 

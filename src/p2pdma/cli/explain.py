@@ -7,6 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from p2pdma.cli import COMMAND_HELP
 from p2pdma.cli.common import (
     add_source_args,
     cpus_text,
@@ -27,7 +28,7 @@ NAME_HELP = "alias (GPU0), dN from the matrix, BDF (3:0.0, 0000:03:00.0) or OS n
 
 def add_parser(sub: Any) -> None:
     """Register ``explain``."""
-    e = sub.add_parser("explain", help="why a pair gets its verdict: path, ACS per port, fix")
+    e = sub.add_parser("explain", help=COMMAND_HELP["explain"])
     e.add_argument("provider", help="the device whose memory is reached: " + NAME_HELP)
     e.add_argument("client", help="the device that issues the DMA: " + NAME_HELP)
     add_source_args(e)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from p2pdma.cli import COMMAND_HELP
 from p2pdma.cli.common import (
     add_source_args,
     add_view_args,
@@ -37,7 +38,7 @@ MAX_LISTED = 24
 def add_parser(subparsers: Any) -> None:
     """Register ``fix``."""
     p = subparsers.add_parser(
-        "fix", help="the smallest ACS change making pairs BUS_ADDR, how to apply it, its IOMMU-group cost"
+        "fix", help=COMMAND_HELP["fix"]
     )
     p.add_argument("devices", nargs="*", metavar="BDF",
                    help="two or more functions (every ordered pair): alias GPU0, dN, BDF or OS name")

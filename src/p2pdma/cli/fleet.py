@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from p2pdma.cli import COMMAND_HELP
 from p2pdma.errors import InputError
 
 # The engines, for --help without importing the fleet (a test keeps it equal to fleet.engines.ENGINES).
@@ -58,7 +59,7 @@ def add_parser(sub: Any) -> None:
     """Register ``fleet``."""
     from p2pdma.p2p.kernels import ALIASES, NEWEST_MAINLINE, PROFILES  # not decide: --help stays light
 
-    f = sub.add_parser("fleet", help="analyse many captures: per machine, topology groups, outliers, causes")
+    f = sub.add_parser("fleet", help=COMMAND_HELP["fleet"])
     f.add_argument("captures", metavar="DIR_OR_GLOB", help="a directory of captures / hwloc XML files, or a glob")
     f.add_argument("--engine", choices=ENGINE_NAMES, default=None,
                    help="pool (default: local processes), dask (the p2pdma[dask] extra: a local cluster,"

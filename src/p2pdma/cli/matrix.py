@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from p2pdma.cli import COMMAND_HELP
 from p2pdma.cli.common import (
     Term,
     add_source_args,
@@ -37,7 +38,7 @@ LABELS_NOTE = "labels: GPU0, NIC0, NVME0, ACCEL0 by class and BDF order, dN the 
 
 def add_parser(sub: Any) -> None:
     """Register ``matrix``."""
-    m = sub.add_parser("matrix", help="P2P map type and distance for every pair of the devices people peer")
+    m = sub.add_parser("matrix", help=COMMAND_HELP["matrix"])
     add_source_args(m)
     m.add_argument("--all", action="store_true", help="every function, bridges too (implies --all-functions)")
     add_view_args(m)

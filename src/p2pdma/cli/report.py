@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from p2pdma.cli import COMMAND_HELP
 from p2pdma.cli.common import add_source_args, add_view_args, load_topology, select, warn, with_kernel_source
 
 REPORT_SCHEMA = "p2pdma.report/1"
@@ -16,7 +17,7 @@ REPORT_SCHEMA = "p2pdma.report/1"
 def add_parser(subparsers: Any) -> None:
     """Register ``report``."""
     p = subparsers.add_parser(
-        "report", help="one self-contained HTML file: PCI tree, P2P heat map, each pair's reason and fix"
+        "report", help=COMMAND_HELP["report"]
     )
     p.add_argument("out", metavar="OUT.html", help="where to write the report ('-' for stdout)")
     p.add_argument("--force", action="store_true", help="replace OUT.html when it exists")

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from p2pdma.cli import COMMAND_HELP
 from p2pdma.cli.common import add_source_args, load_topology, machine_source
 from p2pdma.errors import InputError
 
@@ -22,7 +23,7 @@ SIMULATE_LIST_SCHEMA = "p2pdma.simulate-list/1"
 
 def add_parser(sub: Any) -> None:
     """Register ``simulate``."""
-    p = sub.add_parser("simulate", help="run a scenario (exports, imports, DMA, resets) on the run-time model",
+    p = sub.add_parser("simulate", help=COMMAND_HELP["simulate"],
                        description="Run a scenario on the run-time model: a timeline of every step and a "
                                    "summary. Exit 0 without violations, 1 with, 2 on bad input.")
     p.add_argument("scenario", nargs="?", metavar="FILE|NAME",

@@ -8,6 +8,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from p2pdma.cli import COMMAND_HELP
 from p2pdma.cli.common import add_source_args, load_topology, numa_text, terminal, warn, with_kernel_source
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ _TREE_LINE = re.compile(r"^(?P<pre>[│├└─ ]*)(?P<bdf>[0-9a-fA-F]{4,}:[0-9
 
 def add_parser(sub: Any) -> None:
     """Register ``topo``."""
-    t = sub.add_parser("topo", help="the PCI tree: port types, links, ACS, host bridge whitelist")
+    t = sub.add_parser("topo", help=COMMAND_HELP["topo"])
     add_source_args(t)
     t.add_argument("--dot", action="store_true", help="print Graphviz DOT (render with e.g. dot -Tsvg)")
     t.set_defaults(handler=run)
