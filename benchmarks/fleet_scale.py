@@ -242,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         r64 = bench_fleet("64-endpoint captures", tasks, min(args.part, len(tasks)), args.workers, dask)
         verdict = "met" if r64["pool"] >= GOAL_POOL_64 else "NOT met"
         print(f"  goal >= {GOAL_POOL_64:.0f} machines/s on the pool: {verdict} ({r64['pool']:.1f})")
-        if TREE137.is_file():
+        if args.machines_137 <= 0:
+            print("\n137-function capture: --machines-137 0, skipped")
+        elif TREE137.is_file():
             d = work / "f137"
             d.mkdir()
             t137 = []
