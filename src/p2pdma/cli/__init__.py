@@ -15,11 +15,6 @@ from typing import Any
 from p2pdma import __version__
 from p2pdma.errors import P2pdmaError
 
-# The commands (module names in this package), in the order --help lists them.
-COMMANDS = ("topo", "matrix", "explain", "examples", "report", "capture", "fleet", "simulate", "check", "fix",
-            "completion")
-
-
 ALSO_IN = {"man": "completion"}  # commands registered by another command's module
 
 # Each command's one-line help, in the order --help lists them: the command modules register with these,
@@ -39,6 +34,8 @@ COMMAND_HELP = {
     "completion": "print a shell completion script (bash or zsh) generated from the parser",
     "man": "print the p2pdma(1) man page (roff) generated from the parser",
 }
+# The command modules (in this package), in the order --help lists them.
+COMMANDS = tuple(name for name in COMMAND_HELP if name not in ALSO_IN)
 
 
 def command_module(name: str) -> ModuleType:

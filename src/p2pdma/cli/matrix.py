@@ -127,16 +127,8 @@ def render_matrix(
 ) -> str:
     """The text view: the header (which kernel profile and why, what was left out), the devices with
     names, NUMA and CPUs, the table, the legend and the distinct-pair counts."""
-    from p2pdma.p2p.small import SmallMatrix, small_pair_counts, small_uncertain_why
     from p2pdma.pci.names import labels
     from p2pdma.report.text import LEGEND
-
-    if isinstance(mat, SmallMatrix):  # the small table loads neither numpy nor the JSON documents
-        counts, why = small_pair_counts(mat), small_uncertain_why(mat)
-    else:
-        from p2pdma.report.documents import pair_counts, uncertain_why
-
-        counts, why = pair_counts(mat), uncertain_why(mat)
 
     topo = mat.topo
     n = len(mat.bdfs)
@@ -158,7 +150,7 @@ def render_matrix(
         lines.append("")
         lines.append(LEGEND)
         lines.append("  " + LABELS_NOTE)
-    lines.append(counts_line(counts, why))
+    lines.append(counts_line(mat.pair_counts(), mat.uncertain_why()))
     return term.wrap("\n".join(lines))
 
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from p2pdma.p2p import platform
 from p2pdma.p2p.decide import DEFAULT_PROFILE, KERNEL_PROFILES, MapType, Verdict, calc_map_type_and_dist
-from p2pdma.p2p.kernels import get_profile
+from p2pdma.p2p.small import MAP_TYPES, host_bridge_permissions
 from p2pdma.pci import config as cfg
-from p2pdma.pci.topology import Device, Topology
+from p2pdma.pci.topology import Topology
 
 IntArr = npt.NDArray[np.int64]
 BoolArr = npt.NDArray[np.bool_]
@@ -44,12 +43,28 @@ class Matrix:
         """(map type value, distance, certain) of row ``i``, column ``j`` (small.PairTable)."""
         return int(self.map_type[i, j]), int(self.distance[i, j]), bool(self.certain[i, j])
 
+    def pair_counts(self) -> dict[str, int]:
+        """Distinct ordered pairs per map type, their total, the uncertain ones, the self pairs apart
+        (report.documents.pair_counts())."""
+        n = len(self.bdfs)
+        off = ~np.eye(n, dtype=bool)
+        out = {m.name: int(((self.map_type == m.value) & off).sum()) for m in MAP_TYPES}
+        out["pairs"] = n * (n - 1)
+        out["uncertain"] = int(((~self.certain) & off).sum())
+        out["self"] = n
+        return out
+
+    def uncertain_why(self) -> dict[str, int]:
+        """The uncertain distinct pairs by the fact the input lacked (report.documents.uncertain_why())."""
+        n = len(self.bdfs)
+        depth = np.array([len(self.topo.chain(b)) for b in self.bdfs], dtype=np.int64)
+        below_common = self.distance < depth[:, None] + depth[None, :]
+        unc = ~self.certain & ~np.eye(n, dtype=bool)
+        return {"acs": int((unc & below_common).sum()), "host_bridge": int((unc & ~below_common).sum())}
+
     def counts(self) -> dict[str, int]:
         """How many ordered pairs have each map type."""
-        return {
-            m.name: int((self.map_type == m.value).sum())
-            for m in (MapType.BUS_ADDR, MapType.THRU_HOST_BRIDGE, MapType.NOT_SUPPORTED)
-        }
+        return {m.name: int((self.map_type == m.value).sum()) for m in MAP_TYPES}
 
 
 def _chains(topo: Topology) -> tuple[IntArr, IntArr, IntArr]:
@@ -137,26 +152,10 @@ def compute_matrix(
     unknown = np.array([not d.acs_known for d in devs])
     cum_bad = _cumulative(parent, bad.astype(np.int64))
     cum_unk = _cumulative(parent, unknown.astype(np.int64))
-    prof = get_profile(profile)
-    table = prof.whitelist
-
-    # Host bridge permission per (provider hb, client hb).
+    allowed_rows, hb_unk_list, cpu_ok = host_bridge_permissions(topo, profile)
     nhb = len(topo.host_bridges)
-    allowed = np.zeros((nhb, nhb), dtype=bool)
-    cpu_ok = platform.cpu_supports_p2pdma(topo, prof.cpu_amd_zen)
-    rep: dict[str, Device] = {}
-    for dv in devs:
-        rep.setdefault(dv.host_bridge, dv)
-    for pa, ha in enumerate(topo.host_bridges):
-        for pb, hb in enumerate(topo.host_bridges):
-            if ha.name not in rep or hb.name not in rep:
-                continue
-            da, db = rep[ha.name], rep[hb.name]
-            allowed[pa, pb] = (
-                cpu_ok
-                or platform.host_bridge_whitelist(topo, da, db, table, prof.host_bridge_root_port)
-            )
-    hb_unk = np.array([not h.host_bridge_dev_known for h in topo.host_bridges], dtype=bool)
+    allowed = np.array(allowed_rows, dtype=bool).reshape(nhb, nhb)
+    hb_unk = np.array(hb_unk_list, dtype=bool)
     guess = (hb_unk[:, None] | hb_unk[None, :]) & (not cpu_ok)
     hb_of = np.array([topo.hb_index[d.host_bridge] for d in devs], dtype=np.int64)
 

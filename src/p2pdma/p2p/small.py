@@ -2,7 +2,8 @@
 answers as p2p.matrix.compute_matrix() without importing numpy, which costs more than the whole
 table on a small machine (issue 17's start-up goal).
 
-Same reduction of calc_map_type_and_dist() (drivers/pci/p2pdma.c) as p2p.matrix: the common prefix
+Same reduction of calc_map_type_and_dist() (drivers/pci/p2pdma.c, in every tree a profile names: 5.4 to
+7.3 and pci-next, listed with their commits in p2p/kernels.py) as p2p.matrix: the common prefix
 of the two top-down chains, the ports where pci_bridge_has_acs_redir() holds (or ACS is unknown) on
 the provider's chain up to and including the common bridge and on the client's chain below it, and
 host_bridge_whitelist() per pair of host bridges for the rest.
@@ -15,12 +16,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from p2pdma.p2p import platform
+from p2pdma.p2p.acs import has_acs_redir
 from p2pdma.p2p.decide import DEFAULT_PROFILE, KERNEL_PROFILES, MapType, Verdict, calc_map_type_and_dist
 from p2pdma.p2p.kernels import get_profile
-from p2pdma.pci import config as cfg
 from p2pdma.pci.topology import Device, Topology
 
-SMALL_MAX = 64  # the most functions the text table shows: past it the numpy matrix is the one used
+MAP_TYPES = (MapType.BUS_ADDR, MapType.THRU_HOST_BRIDGE, MapType.NOT_SUPPORTED)
 
 
 class PairTable(Protocol):
@@ -38,6 +39,10 @@ class PairTable(Protocol):
     def cell(self, i: int, j: int) -> tuple[int, int, bool]: ...
 
     def verdict(self, i: int, j: int) -> Verdict: ...
+
+    def pair_counts(self) -> dict[str, int]: ...
+
+    def uncertain_why(self) -> dict[str, int]: ...
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,59 @@ class SmallMatrix:
         """The full per-pair verdict (reasons, ports, fix) for row ``i``, column ``j``."""
         return calc_map_type_and_dist(self.topo, self.bdfs[i], self.bdfs[j], self.profile)
 
+    def pair_counts(self) -> dict[str, int]:
+        """Matrix.pair_counts(): distinct ordered pairs per map type, their total, the uncertain ones and
+        the self pairs apart."""
+        n = len(self.bdfs)
+        out = {t.name: 0 for t in MAP_TYPES}
+        unc = 0
+        for i in range(n):
+            for j in range(n):
+                if i != j:
+                    out[MapType(self.map_type[i][j]).name] += 1
+                    unc += not self.certain[i][j]
+        out["pairs"] = n * (n - 1)
+        out["uncertain"] = unc
+        out["self"] = n
+        return out
+
+    def uncertain_why(self) -> dict[str, int]:
+        """Matrix.uncertain_why(): uncertain distinct pairs by the fact the input lacked."""
+        depth = [len(self.topo.chain(b)) for b in self.bdfs]
+        acs = hb = 0
+        for i, di in enumerate(depth):
+            for j, dj in enumerate(depth):
+                if i != j and not self.certain[i][j]:
+                    if self.distance[i][j] < di + dj:
+                        acs += 1
+                    else:
+                        hb += 1
+        return {"acs": acs, "host_bridge": hb}
+
+
+def host_bridge_permissions(topo: Topology, profile: str) -> tuple[list[list[bool]], list[bool], bool]:
+    """Per (provider, client) host bridge of ``topo``: whether P2P between functions below them goes
+    through the host bridge (cpu_supports_p2pdma() or host_bridge_whitelist(), read with a function of
+    each as the kernel does: drivers/pci/p2pdma.c of the profile's tree); which host bridges' device is
+    missing from the input (their refusals are guesses); and the CPU rule alone. Shared by both matrices."""
+    prof = get_profile(profile)
+    cpu_ok = platform.cpu_supports_p2pdma(topo, prof.cpu_amd_zen)
+    rep: dict[str, Device] = {}
+    for dv in topo.devices:
+        rep.setdefault(dv.host_bridge, dv)
+    hbs = topo.host_bridges
+    allowed = [
+        [
+            ha.name in rep and hb.name in rep and (
+                cpu_ok or platform.host_bridge_whitelist(
+                    topo, rep[ha.name], rep[hb.name], prof.whitelist, prof.host_bridge_root_port)
+            )
+            for hb in hbs
+        ]
+        for ha in hbs
+    ]
+    return allowed, [not h.host_bridge_dev_known for h in hbs], cpu_ok
+
 
 def compute_small(
     topo: Topology,
@@ -79,30 +137,9 @@ def compute_small(
     bdfs = tuple(devs[k].bdf for k in sel)
     if not sel:
         return SmallMatrix(topo, profile, bdfs, (), (), ())
-    redir_bits = cfg.PCI_ACS_RR | cfg.PCI_ACS_CR | cfg.PCI_ACS_EC
-
-    def bad(d: Device) -> int:
-        return 1 if d.acs is not None and d.acs.ctrl & redir_bits else 0
-
-    bad_of = [bad(d) for d in devs]
+    bad_of = [1 if has_acs_redir(d) else 0 for d in devs]
     unk_of = [0 if d.acs_known else 1 for d in devs]
-    prof = get_profile(profile)
-    cpu_ok = platform.cpu_supports_p2pdma(topo, prof.cpu_amd_zen)
-    rep: dict[str, Device] = {}
-    for dv in devs:
-        rep.setdefault(dv.host_bridge, dv)
-    hbs = topo.host_bridges
-    allowed = [
-        [
-            ha.name in rep and hb.name in rep and (
-                cpu_ok or platform.host_bridge_whitelist(
-                    topo, rep[ha.name], rep[hb.name], prof.whitelist, prof.host_bridge_root_port)
-            )
-            for hb in hbs
-        ]
-        for ha in hbs
-    ]
-    hb_unk = [not h.host_bridge_dev_known for h in hbs]
+    allowed, hb_unk, cpu_ok = host_bridge_permissions(topo, profile)
     hb_of = [topo.hb_index[devs[k].host_bridge] for k in sel]
     sel_chains = [[topo.index[x.bdf] for x in reversed(topo.chain(b))] for b in bdfs]  # top-down
     bus, thru, ns = MapType.BUS_ADDR.value, MapType.THRU_HOST_BRIDGE.value, MapType.NOT_SUPPORTED.value
@@ -139,34 +176,3 @@ def compute_small(
         dists.append(tuple(d_row))
         sures.append(tuple(s_row))
     return SmallMatrix(topo, profile, bdfs, tuple(mts), tuple(dists), tuple(sures))
-
-
-def small_pair_counts(mat: SmallMatrix) -> dict[str, int]:
-    """report.documents.pair_counts() of a SmallMatrix: distinct ordered pairs per map type, their
-    total, the uncertain ones and the self pairs apart."""
-    n = len(mat.bdfs)
-    out = {t.name: 0 for t in (MapType.BUS_ADDR, MapType.THRU_HOST_BRIDGE, MapType.NOT_SUPPORTED)}
-    unc = 0
-    for i in range(n):
-        for j in range(n):
-            if i != j:
-                out[MapType(mat.map_type[i][j]).name] += 1
-                unc += not mat.certain[i][j]
-    out["pairs"] = n * (n - 1)
-    out["uncertain"] = unc
-    out["self"] = n
-    return out
-
-
-def small_uncertain_why(mat: SmallMatrix) -> dict[str, int]:
-    """report.documents.uncertain_why() of a SmallMatrix: uncertain distinct pairs by missing fact."""
-    depth = [len(mat.topo.chain(b)) for b in mat.bdfs]
-    acs = hb = 0
-    for i, di in enumerate(depth):
-        for j, dj in enumerate(depth):
-            if i != j and not mat.certain[i][j]:
-                if mat.distance[i][j] < di + dj:
-                    acs += 1
-                else:
-                    hb += 1
-    return {"acs": acs, "host_bridge": hb}

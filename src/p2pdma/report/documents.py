@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from p2pdma import __version__
 from p2pdma.p2p.decide import MapType
-from p2pdma.p2p.small import SmallMatrix, small_pair_counts, small_uncertain_why
 from p2pdma.pci import names
 
 if TYPE_CHECKING:
     from p2pdma.p2p.decide import Verdict
     from p2pdma.p2p.matrix import Matrix
+    from p2pdma.p2p.small import SmallMatrix
     from p2pdma.pci.names import Selection
     from p2pdma.pci.topology import Device, Topology
 
@@ -37,32 +37,14 @@ CSV_COLUMNS = (
 def pair_counts(mat: Matrix | SmallMatrix) -> dict[str, int]:
     """The one pair count of matrix, fix, report and fleet: distinct ordered pairs (provider != client) per
     map type, plus ``pairs`` (their total), ``uncertain`` (of them) and ``self`` (the diagonal, apart)."""
-    if isinstance(mat, SmallMatrix):
-        return small_pair_counts(mat)
-    import numpy as np  # here, not at the top: the small text table never loads numpy
-
-    n = len(mat.bdfs)
-    off = ~np.eye(n, dtype=bool)
-    out = {name: int(((mat.map_type == MapType[name].value) & off).sum()) for name in MAP_TYPE_NAMES}
-    out["pairs"] = n * (n - 1)
-    out["uncertain"] = int(((~mat.certain) & off).sum())
-    out["self"] = n
-    return out
+    return mat.pair_counts()
 
 
 def uncertain_why(mat: Matrix | SmallMatrix) -> dict[str, int]:
     """The distinct uncertain pairs by the fact the input lacked: ``acs`` (a port's ACS control below
     the common bridge was unreadable) or ``host_bridge`` (the host bridge device the whitelist reads
     is not in the input); a pair with a common bridge is uncertain only for the first reason."""
-    if isinstance(mat, SmallMatrix):
-        return small_uncertain_why(mat)
-    import numpy as np
-
-    n = len(mat.bdfs)
-    depth = np.array([len(mat.topo.chain(b)) for b in mat.bdfs], dtype=np.int64)
-    below_common = mat.distance < depth[:, None] + depth[None, :]
-    unc = ~mat.certain & ~np.eye(n, dtype=bool)
-    return {"acs": int((unc & below_common).sum()), "host_bridge": int((unc & ~below_common).sum())}
+    return mat.uncertain_why()
 
 
 def head(schema: str, topo: Topology, profile: str | None) -> dict[str, Any]:

@@ -182,7 +182,9 @@ class LiveFs(FsView):
             return resolve(rel, self.readlink)
         return resolve(tail, self.readlink, split(self.resolve_dir(head)))
 
-    def read(self, rel: str, limit: int = MAX_READ) -> bytes:
+    def open_regular(self, rel: str) -> tuple[int, int]:
+        """(file descriptor, st_size) of ``rel`` opened read-only, links resolved inside the root, without
+        blocking; NotRegular (the descriptor closed) when it is not a regular file."""
         head, _, tail = rel.rpartition("/")
         parent = self.resolve_dir(head) if head else ""
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -193,9 +195,15 @@ class LiveFs(FsView):
             if exc.errno != errno.ELOOP:
                 raise
             fd = os.open(self._abs(self.resolve(rel)), flags)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise NotRegular(errno.EINVAL, "not a regular file")
+        return fd, st.st_size
+
+    def read(self, rel: str, limit: int = MAX_READ) -> bytes:
+        fd, _ = self.open_regular(rel)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise NotRegular(errno.EINVAL, "not a regular file")
             chunks = []
             left = limit
             while left > 0:

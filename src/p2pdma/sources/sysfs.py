@@ -303,8 +303,7 @@ def read_root(
         raise SourceError(f"{where}: cannot list PCI devices (no such directory)")
     if listed is None:
         r.warnings.append(f"{PCI_DEVICES}: missing; functions read from {SYS_DEVICES}/pci*")
-    # bdf -> (dir, host bridge, entries: None when unlistable), with False for "list it"
-    found: dict[str, tuple[str, str, list[str] | None | bool]] = {}
+    found: dict[str, tuple[str, str, list[str] | None]] = {}  # bdf -> (dir, host bridge, entries or None)
     for d, (hb, walked_entries) in walked.items():
         bdf = d.rpartition("/")[2]
         if bdf in found:
@@ -335,7 +334,7 @@ def read_root(
             continue
         if entry in found:
             r.warnings.append(f"{rel}: leads to {real}, not to {found[entry][0]}; using the link")
-        found[entry] = (real, parts[hb_idx], False)
+        found[entry] = (real, parts[hb_idx], _listdir(fs, real))
         confirmed.add(entry)
     if listed is not None:
         missing = sorted(b for b in found if b not in confirmed)
@@ -349,12 +348,10 @@ def read_root(
     raws: list[RawFunction] = []
     host_bridges: list[str] = []
     for entry in sorted(found):
-        base, host_bridge, walked_listing = found[entry]
-        listing = _listdir(fs, base) if walked_listing is False else walked_listing
-        entries = listing if isinstance(listing, list) else []
+        base, host_bridge, listing = found[entry]
         # a name the listing lacks is absent (the read would say so); unlistable: every file is tried
-        entries_set = set(entries)
-        present = entries_set if isinstance(listing, list) else None
+        entries_set = set(listing or ())
+        present = entries_set if listing is not None else None
         parts = base.split("/")
         hb_idx = len(parts) - 1 - parts[::-1].index(host_bridge)  # its last occurrence
         host_bridges.append(host_bridge)
